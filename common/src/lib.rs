@@ -1,0 +1,8 @@
+//! Shared code of the image cloud: config, wire protocol, and the socket-free state machines
+//! (reliable transfer, steganography, previews) used by both the servers and the clients.
+
+pub mod preview;
+pub mod rng;
+pub mod simnet;
+pub mod stego;
+pub mod transfer;
