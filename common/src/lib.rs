@@ -1,7 +1,12 @@
 //! Shared code of the image cloud: config, wire protocol, and the socket-free state machines
 //! (reliable transfer, steganography, previews) used by both the servers and the clients.
 
+pub mod config;
+pub mod log;
+pub mod names;
 pub mod preview;
+pub mod protocol;
+pub mod requester;
 pub mod rng;
 pub mod simnet;
 pub mod stego;

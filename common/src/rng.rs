@@ -21,10 +21,8 @@ impl Rng {
     /// A generator seeded from process-random keys, the time and the pid.
     pub fn from_entropy() -> Self {
         let mut h = RandomState::new().build_hasher();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         h.write_u128(nanos);
         h.write_u32(std::process::id());
         Rng::new(h.finish())

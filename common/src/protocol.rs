@@ -1,0 +1,405 @@
+//! Every message on the wire, and the datagram framing that carries them.
+//!
+//! A datagram is `b"IC"`, a version byte, a kind byte, then the body: kind 0 is a control
+//! message ([`Msg`], JSON: small and readable in a packet capture), kind 1 is a transfer message
+//! ([`TransferMsg`], compact binary: the hot path). [`decode`] never panics: anything malformed,
+//! oversized or semantically invalid is rejected with a reason the receiver logs.
+
+use crate::config::{ServerId, MAX_DATAGRAM};
+use crate::names::{check_image_id, check_user};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// First bytes of every datagram.
+pub const MAGIC: [u8; 2] = *b"IC";
+/// Wire format version.
+pub const VERSION: u8 = 1;
+/// Most image ids one user may list in the directory.
+pub const MAX_IMAGES_PER_USER: usize = 256;
+/// Most users listed in one answer.
+pub const MAX_LIST: usize = 200;
+
+/// A request's identity: the client instance that made it and its sequence number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random id of the client process.
+    pub client: u64,
+    /// Sequence number within that client.
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}/{}", self.client & 0xffff_ffff, self.seq)
+    }
+}
+
+/// A version of a directory record: a Lamport counter, ties broken by server id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Version {
+    /// Lamport counter.
+    pub counter: u64,
+    /// The server that wrote this version.
+    pub server: ServerId,
+}
+
+/// One user in the replicated directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Unique user name.
+    pub name: String,
+    /// Stable numeric id.
+    pub user_id: u64,
+    /// Secret token the client proves itself with.
+    pub token: String,
+    /// Where the user's client listens, when known.
+    pub addr: Option<SocketAddr>,
+    /// Signed in right now.
+    pub online: bool,
+    /// Ids of the images the user shares.
+    pub images: Vec<String>,
+    /// Version for last-writer-wins merging.
+    pub version: Version,
+    /// The request that created the user (a retried registration returns the same user).
+    pub created_by: RequestId,
+}
+
+/// What other users may see of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// User name.
+    pub name: String,
+    /// Numeric id.
+    pub user_id: u64,
+    /// Peer address when online.
+    pub addr: Option<SocketAddr>,
+    /// Signed in.
+    pub online: bool,
+    /// Shared image ids.
+    pub images: Vec<String>,
+}
+
+impl From<&UserRecord> for UserInfo {
+    fn from(r: &UserRecord) -> Self {
+        UserInfo { name: r.name.clone(), user_id: r.user_id, addr: r.addr, online: r.online, images: r.images.clone() }
+    }
+}
+
+/// An operation a client asks the cloud for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a user; the answer carries its secret token.
+    Register { name: String },
+    /// Mark the user online at the request's source address.
+    SignIn { name: String, token: String },
+    /// Mark the user offline.
+    SignOut { name: String, token: String },
+    /// Look one user up.
+    Lookup { name: String },
+    /// Online users with their address and images.
+    ListOnline,
+    /// Replace the list of images the user shares.
+    SetImages { name: String, token: String, images: Vec<String> },
+    /// Hide an image of `len` bytes in a cover; the bytes follow by transfer once accepted.
+    Encrypt { len: u64 },
+    /// Every server answers with its own status (not elected).
+    Status,
+}
+
+impl Op {
+    /// Short name for logs and statistics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Register { .. } => "register",
+            Op::SignIn { .. } => "signin",
+            Op::SignOut { .. } => "signout",
+            Op::Lookup { .. } => "lookup",
+            Op::ListOnline => "list",
+            Op::SetImages { .. } => "set-images",
+            Op::Encrypt { .. } => "encrypt",
+            Op::Status => "status",
+        }
+    }
+
+    /// The user the operation reads or writes, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Op::Register { name }
+            | Op::SignIn { name, .. }
+            | Op::SignOut { name, .. }
+            | Op::Lookup { name }
+            | Op::SetImages { name, .. } => Some(name),
+            Op::ListOnline | Op::Encrypt { .. } | Op::Status => None,
+        }
+    }
+
+    /// True for operations a worker must do (heavy), false for directory operations.
+    pub fn needs_worker(&self) -> bool {
+        matches!(self, Op::Encrypt { .. })
+    }
+}
+
+/// A server's view of one server, in a status answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Server id.
+    pub id: ServerId,
+    /// Effective load used in elections (999 = failed).
+    pub load: u32,
+    /// Counted live.
+    pub live: bool,
+}
+
+/// A server's own status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Server id.
+    pub id: ServerId,
+    /// True while failure simulation has it down.
+    pub down: bool,
+    /// Its view of every server's load.
+    pub peers: Vec<PeerView>,
+    /// Requests it executed.
+    pub handled: u64,
+    /// Requests it executed, by kind.
+    pub handled_by_kind: Vec<(String, u64)>,
+    /// Users in its directory.
+    pub users: usize,
+    /// Online users in its directory.
+    pub online: Vec<String>,
+    /// Entries in its request table (bounded).
+    pub tracked_requests: usize,
+    /// Resident memory in KiB, when known.
+    pub rss_kb: u64,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// A new user: keep the token secret.
+    Registered { user_id: u64, name: String, token: String },
+    /// Signed in.
+    SignedIn { user_id: u64 },
+    /// Signed out.
+    SignedOut,
+    /// One user.
+    User(UserInfo),
+    /// Online users.
+    Online(Vec<UserInfo>),
+    /// Done, nothing to return.
+    Done,
+    /// The stego PNG (`len` bytes) follows by transfer `transfer`.
+    Encrypted { len: u64, transfer: u64 },
+    /// A server's status.
+    Status(Box<ServerStatus>),
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request answered.
+    pub rid: RequestId,
+    /// The server that executed it.
+    pub server: ServerId,
+    /// The answer or a human-readable error.
+    pub result: Result<Answer, String>,
+}
+
+/// A control message (everything but transfer chunks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Client → every server: please do `op`.
+    Request { rid: RequestId, op: Op },
+    /// Server → client: the answer.
+    Reply(Reply),
+    /// Server → client: I handle `rid`; send its payload to me by transfer id `transfer`.
+    Accepted { rid: RequestId, server: ServerId, transfer: u64 },
+    /// Server → servers: my load (999 = going down), queued + in-flight work, directory digest,
+    /// process epoch (changes on restart), whether I hold the failure-simulation token.
+    Load { from: ServerId, load: u32, work: u32, digest: u64, epoch: u64, token: bool },
+    /// Server → servers: I claim `rid` in round `round` (carries the request for takeovers).
+    Claim { rid: RequestId, by: ServerId, round: u32, op: Op, reply_to: SocketAddr },
+    /// Server → claimer: a vote. Refused votes name the holder and its round, whether the
+    /// holder is already executing (`firm`), and the reply if the request is already done.
+    ClaimAck {
+        rid: RequestId,
+        from: ServerId,
+        granted: bool,
+        holder: Option<ServerId>,
+        round: u32,
+        firm: bool,
+        reply: Option<Reply>,
+        /// With a vote: the voter's record of the user the request is about, so the executor
+        /// never acts on a stale replica (a majority always holds the latest committed write).
+        record: Option<UserRecord>,
+    },
+    /// Server → servers: `rid` is executed in round `round`: its reply (for retries and
+    /// takeovers) and the directory records it changed, so a majority of replicas has the
+    /// write before the client hears of it.
+    Done { rid: RequestId, by: ServerId, round: u32, reply: Reply, records: Vec<UserRecord> },
+    /// Server → committer: the commit is accepted, or refused (a later round holds the
+    /// request, or another reply was already accepted: then it is included).
+    DoneAck {
+        rid: RequestId,
+        from: ServerId,
+        accepted: bool,
+        holder: Option<ServerId>,
+        round: u32,
+        reply: Option<Reply>,
+    },
+    /// Server → servers: a directory record (replication and full resync).
+    Record { from: ServerId, record: UserRecord },
+    /// Failure simulation: the token passes to `to`.
+    Token { from: ServerId, to: ServerId, round: u64 },
+    /// Failure simulation: token received.
+    TokenAck { from: ServerId, round: u64 },
+}
+
+/// A decoded datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A control message.
+    Ctl(Msg),
+    /// A reliable-transfer message.
+    Xfer(Vec<u8>), // TEMP until transfer lands
+}
+
+/// Why a datagram was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+fn bad<T>(why: impl Into<String>) -> Result<T, WireError> {
+    Err(WireError(why.into()))
+}
+
+/// Encodes a control message into a datagram.
+pub fn encode_msg(msg: &Msg) -> Vec<u8> {
+    let mut out = vec![MAGIC[0], MAGIC[1], VERSION, 0];
+    // Serialising these plain structs to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, msg);
+    out
+}
+
+/// Encodes a transfer message into a datagram.
+pub fn encode_xfer(msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![MAGIC[0], MAGIC[1], VERSION, 1];
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Decodes and validates a datagram.
+pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+    if bytes.len() > MAX_DATAGRAM {
+        return bad(format!("datagram of {} bytes is too large", bytes.len()));
+    }
+    let (head, body) = match bytes.split_first_chunk::<4>() {
+        Some(x) => x,
+        None => return bad(format!("datagram of {} bytes is too short", bytes.len())),
+    };
+    if head[..2] != MAGIC {
+        return bad("bad magic");
+    }
+    if head[2] != VERSION {
+        return bad(format!("unsupported version {}", head[2]));
+    }
+    match head[3] {
+        0 => {
+            let msg: Msg = serde_json::from_slice(body).map_err(|e| WireError(format!("bad message: {e}")))?;
+            validate(&msg)?;
+            Ok(Frame::Ctl(msg))
+        }
+        1 => Ok(Frame::Xfer(body.to_vec())),
+        k => bad(format!("unknown kind {k}")),
+    }
+}
+
+fn check_op(op: &Op) -> Result<(), WireError> {
+    let user = |n: &str| check_user(n).map_err(WireError);
+    let token = |t: &str| {
+        if t.len() > 128 {
+            bad("token too long")
+        } else {
+            Ok(())
+        }
+    };
+    match op {
+        Op::Register { name } | Op::Lookup { name } => user(name),
+        Op::SignIn { name, token: t } | Op::SignOut { name, token: t } => user(name).and(token(t)),
+        Op::SetImages { name, token: t, images } => {
+            user(name)?;
+            token(t)?;
+            check_images(images)
+        }
+        Op::ListOnline | Op::Status | Op::Encrypt { .. } => Ok(()),
+    }
+}
+
+fn check_images(images: &[String]) -> Result<(), WireError> {
+    if images.len() > MAX_IMAGES_PER_USER {
+        return bad(format!("more than {MAX_IMAGES_PER_USER} images"));
+    }
+    for i in images {
+        check_image_id(i).map_err(WireError)?;
+    }
+    Ok(())
+}
+
+fn check_record(record: &UserRecord) -> Result<(), WireError> {
+    check_user(&record.name).map_err(WireError)?;
+    check_images(&record.images)
+}
+
+/// Checks what the JSON shape cannot: names, list sizes.
+pub fn validate(msg: &Msg) -> Result<(), WireError> {
+    match msg {
+        Msg::Request { op, .. } | Msg::Claim { op, .. } => check_op(op),
+        Msg::Record { record, .. } => check_record(record),
+        Msg::Done { records, .. } => records.iter().try_for_each(check_record),
+        Msg::ClaimAck { record: Some(record), .. } => check_record(record),
+        Msg::Load { load, .. } if *load > 999 => bad("load above 999"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid() -> RequestId {
+        RequestId { client: 7, seq: 1 }
+    }
+
+    #[test]
+    fn control_round_trip() {
+        let msgs = vec![
+            Msg::Request { rid: rid(), op: Op::Register { name: "alice".into() } },
+            Msg::Reply(Reply { rid: rid(), server: 2, result: Err("no".into()) }),
+            Msg::Load { from: 1, load: 999, work: 0, digest: 5, epoch: 9, token: false },
+            Msg::Claim { rid: rid(), by: 1, round: 1, op: Op::ListOnline, reply_to: "127.0.0.1:9".parse().unwrap() },
+        ];
+        for m in msgs {
+            assert_eq!(decode(&encode_msg(&m)), Ok(Frame::Ctl(m)));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_datagrams() {
+        assert!(decode(b"").is_err());
+        assert!(decode(b"XX\x01\x00{}").is_err());
+        assert!(decode(b"IC\x02\x00{}").is_err());
+        assert!(decode(b"IC\x01\x09{}").is_err());
+        assert!(decode(b"IC\x01\x00{\"Request\":").is_err());
+        let evil = Msg::Request { rid: rid(), op: Op::Register { name: "../etc".into() } };
+        assert!(decode(&encode_msg(&evil)).is_err());
+        assert!(decode(&vec![b'I'; MAX_DATAGRAM + 1]).is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! The load table and the election: who is live, each server's effective load, and the ranking
+//! of servers for one request (the winner first, then the order of takeover).
+//!
+//! Effective load of a server = the base it announced (CPU part) + [`WORK_WEIGHT`] × its
+//! outstanding requests. Outstanding counts are reset by each announcement and then moved by the
+//! claims and commits every server sees, so all tables move together between announcements and
+//! a burst spreads over the servers instead of piling onto the one that looked idle.
+
+use common::config::ServerId;
+use common::protocol::RequestId;
+use std::collections::BTreeMap;
+
+/// The load that means "failed or going down"; it never wins.
+pub const FAILED: u32 = 999;
+/// Load added per queued or in-flight request.
+pub const WORK_WEIGHT: u32 = 10;
+/// Highest load a live server reports.
+pub const MAX_LIVE_LOAD: u32 = 998;
+
+/// How the winner of a request is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Least effective load, ties to the lowest id (the real policy).
+    LeastLoad,
+    /// Live servers in turn by request number (benchmark comparison only).
+    RoundRobin,
+    /// Always the lowest live id (benchmark comparison only).
+    Single,
+}
+
+impl Policy {
+    /// Parses `least-load`, `round-robin` or `single`.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        match s {
+            "least-load" => Ok(Policy::LeastLoad),
+            "round-robin" => Ok(Policy::RoundRobin),
+            "single" => Ok(Policy::Single),
+            _ => Err(format!("unknown policy {s:?} (least-load, round-robin, single)")),
+        }
+    }
+}
+
+/// The load formula announced by a server: CPU part + work part, capped below 999.
+pub fn load_figure(cpu_percent: f32, work: u32) -> u32 {
+    let cpu = if cpu_percent.is_finite() { (cpu_percent.max(0.0) / 10.0).round() as u32 } else { 0 };
+    cpu.saturating_add(work.saturating_mul(WORK_WEIGHT)).min(MAX_LIVE_LOAD)
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    base: u32,
+    outstanding: u32,
+    failed: bool,
+    last_heard: Option<u64>,
+    suspect: bool,
+    epoch: u64,
+}
+
+/// One server's view of every server's load and liveness.
+#[derive(Debug, Clone)]
+pub struct LoadTable {
+    me: ServerId,
+    entries: BTreeMap<ServerId, Entry>,
+    failure_timeout: u64,
+    policy: Policy,
+    /// True while this server itself is down (failure simulation).
+    pub me_down: bool,
+}
+
+impl LoadTable {
+    /// A table for server `me` among `ids`; others count as failed until heard from.
+    pub fn new(me: ServerId, ids: &[ServerId], failure_timeout: u64, policy: Policy) -> Self {
+        let entries = ids.iter().map(|&id| (id, Entry::default())).collect();
+        LoadTable { me, entries, failure_timeout, policy, me_down: false }
+    }
+
+    /// Every configured server id, ascending.
+    pub fn ids(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// Every other server id.
+    pub fn others(&self) -> impl Iterator<Item = ServerId> + '_ {
+        let me = self.me;
+        self.ids().filter(move |&id| id != me)
+    }
+
+    /// Records that `from` spoke (any message): it is not silent, and no longer suspect.
+    pub fn heard(&mut self, now: u64, from: ServerId) {
+        if let Some(e) = self.entries.get_mut(&from) {
+            e.last_heard = Some(now);
+            e.suspect = false;
+        }
+    }
+
+    /// Applies a load announcement; returns true if `from` just came back (was not live).
+    pub fn on_load(&mut self, now: u64, from: ServerId, load: u32, work: u32) -> bool {
+        let was_live = self.is_live(now, from);
+        if let Some(e) = self.entries.get_mut(&from) {
+            e.failed = load >= FAILED;
+            e.base = load.saturating_sub(work.saturating_mul(WORK_WEIGHT));
+            e.outstanding = work;
+        }
+        self.heard(now, from);
+        !was_live && self.is_live(now, from)
+    }
+
+    /// Records `from`'s process epoch; returns true if it changed (the server restarted).
+    pub fn set_epoch(&mut self, from: ServerId, epoch: u64) -> bool {
+        match self.entries.get_mut(&from) {
+            Some(e) if e.epoch != epoch => {
+                let restarted = e.epoch != 0;
+                e.epoch = epoch;
+                restarted
+            }
+            _ => false,
+        }
+    }
+
+    /// Requests `id` is counted as holding.
+    pub fn outstanding(&self, id: ServerId) -> u32 {
+        self.entries.get(&id).map_or(0, |e| e.outstanding)
+    }
+
+    /// Sets this server's own announced figures.
+    pub fn set_mine(&mut self, now: u64, load: u32, work: u32) {
+        let me = self.me;
+        if let Some(e) = self.entries.get_mut(&me) {
+            e.base = load.saturating_sub(work.saturating_mul(WORK_WEIGHT));
+            e.outstanding = work;
+            e.last_heard = Some(now);
+        }
+    }
+
+    /// Marks `id` suspect (it missed a claim or commit): not live until heard from again.
+    pub fn suspect(&mut self, id: ServerId) {
+        if id != self.me {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.suspect = true;
+            }
+        }
+    }
+
+    /// A request was claimed by `id`.
+    pub fn add_work(&mut self, id: ServerId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.outstanding = e.outstanding.saturating_add(1);
+        }
+    }
+
+    /// A request claimed by `id` finished or moved elsewhere.
+    pub fn remove_work(&mut self, id: ServerId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.outstanding = e.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// True if `id` counts as live now.
+    pub fn is_live(&self, now: u64, id: ServerId) -> bool {
+        if id == self.me {
+            return !self.me_down;
+        }
+        match self.entries.get(&id) {
+            Some(e) => {
+                !e.failed && !e.suspect && e.last_heard.is_some_and(|t| now.saturating_sub(t) <= self.failure_timeout)
+            }
+            None => false,
+        }
+    }
+
+    /// Live servers other than this one.
+    pub fn live_others(&self, now: u64) -> Vec<ServerId> {
+        self.others().filter(|&id| self.is_live(now, id)).collect()
+    }
+
+    /// The load used in elections; [`FAILED`] when not live.
+    pub fn effective(&self, now: u64, id: ServerId) -> u32 {
+        match self.entries.get(&id) {
+            Some(e) if self.is_live(now, id) => {
+                e.base.saturating_add(e.outstanding.saturating_mul(WORK_WEIGHT)).min(MAX_LIVE_LOAD)
+            }
+            _ => FAILED,
+        }
+    }
+
+    /// Live servers for `rid`, the winner first, then the takeover order.
+    pub fn ranking(&self, now: u64, rid: RequestId) -> Vec<ServerId> {
+        let mut live: Vec<ServerId> = self.ids().filter(|&id| self.is_live(now, id)).collect();
+        match self.policy {
+            Policy::LeastLoad => live.sort_by_key(|&id| (self.effective(now, id), id)),
+            Policy::Single => {}
+            Policy::RoundRobin => {
+                if !live.is_empty() {
+                    let k = (rid.seq.wrapping_add(rid.client) % live.len() as u64) as usize;
+                    live.rotate_left(k);
+                }
+            }
+        }
+        live
+    }
+
+    /// Servers that count for a majority: all but those that announced 999 (they execute
+    /// nothing while down). Silent servers still count: silence may be a partition.
+    pub fn quorum_base(&self) -> usize {
+        self.entries.iter().filter(|(&id, e)| if id == self.me { !self.me_down } else { !e.failed }).count()
+    }
+
+    /// Votes needed (this server's own included) to claim or commit a request.
+    pub fn quorum(&self) -> usize {
+        self.quorum_base() / 2 + 1
+    }
+
+    /// Other servers that have not announced 999: where claims and commits go.
+    pub fn voters(&self) -> Vec<ServerId> {
+        self.entries.iter().filter(|(&id, e)| id != self.me && !e.failed).map(|(&id, _)| id).collect()
+    }
+
+    /// Has every other server been heard from at least once (startup is over)?
+    pub fn heard_all(&self) -> bool {
+        self.entries.iter().all(|(&id, e)| id == self.me || e.last_heard.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(seq: u64) -> RequestId {
+        RequestId { client: 0, seq }
+    }
+
+    #[test]
+    fn least_load_wins_ties_to_lowest_and_999_never_wins() {
+        let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
+        t.set_mine(0, 50, 0);
+        t.on_load(0, 2, 20, 0);
+        t.on_load(0, 3, 20, 0);
+        assert_eq!(t.ranking(0, rid(1)), vec![2, 3, 1]);
+        t.on_load(1, 2, FAILED, 0);
+        assert_eq!(t.ranking(1, rid(1)), vec![3, 1]);
+        assert_eq!(t.effective(1, 2), FAILED);
+    }
+
+    #[test]
+    fn silence_means_failed_and_return_is_reported() {
+        let mut t = LoadTable::new(1, &[1, 2], 3000, Policy::LeastLoad);
+        assert!(!t.is_live(0, 2), "unheard servers are not live");
+        assert!(t.on_load(0, 2, 5, 0), "first announcement is a return");
+        assert!(t.is_live(3000, 2));
+        assert!(!t.is_live(3001, 2));
+        assert!(t.on_load(4000, 2, 5, 0));
+        assert!(!t.on_load(4001, 2, 5, 0));
+    }
+
+    #[test]
+    fn claims_spread_a_burst() {
+        let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
+        t.set_mine(0, 0, 0);
+        t.on_load(0, 2, 0, 0);
+        t.on_load(0, 3, 0, 0);
+        let mut winners = vec![];
+        for s in 0..3 {
+            let w = t.ranking(0, rid(s))[0];
+            t.add_work(w);
+            winners.push(w);
+        }
+        assert_eq!(winners, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn quorum_ignores_announced_failures_but_not_silence() {
+        let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
+        assert_eq!(t.quorum(), 2, "silent servers still count");
+        t.on_load(0, 2, FAILED, 0);
+        assert_eq!(t.quorum_base(), 2);
+        assert_eq!(t.voters(), vec![3]);
+        t.on_load(0, 3, FAILED, 0);
+        assert_eq!(t.quorum(), 1, "alone after the others shut down cleanly");
+    }
+
+    #[test]
+    fn suspect_until_heard() {
+        let mut t = LoadTable::new(1, &[1, 2], 3000, Policy::LeastLoad);
+        t.on_load(0, 2, 0, 0);
+        t.suspect(2);
+        assert!(!t.is_live(1, 2));
+        t.heard(2, 2);
+        assert!(t.is_live(2, 2));
+    }
+
+    #[test]
+    fn load_figure_combines_cpu_and_work() {
+        assert_eq!(load_figure(0.0, 0), 0);
+        assert_eq!(load_figure(55.0, 2), 6 + 20);
+        assert_eq!(load_figure(f32::NAN, 1000), MAX_LIVE_LOAD);
+    }
+}
