@@ -1,6 +1,7 @@
 //! Shared code of the image cloud: config, wire protocol, and the socket-free state machines
 //! (reliable transfer, steganography, previews) used by both the servers and the clients.
 
+pub mod args;
 pub mod config;
 pub mod log;
 pub mod names;

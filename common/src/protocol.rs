@@ -7,6 +7,7 @@
 
 use crate::config::{ServerId, MAX_DATAGRAM};
 use crate::names::{check_image_id, check_user};
+use crate::transfer::TransferMsg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +34,15 @@ impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:x}/{}", self.client & 0xffff_ffff, self.seq)
     }
+}
+
+/// The transfer id of a request's payload (`purpose` 0: upload, 1: result).
+pub fn transfer_id(rid: RequestId, purpose: u8) -> u64 {
+    let mut h =
+        rid.client ^ rid.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (purpose as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^ (h >> 29)
 }
 
 /// A version of a directory record: a Lamport counter, ties broken by server id.
@@ -262,7 +272,7 @@ pub enum Frame {
     /// A control message.
     Ctl(Msg),
     /// A reliable-transfer message.
-    Xfer(Vec<u8>), // TEMP until transfer lands
+    Xfer(TransferMsg),
 }
 
 /// Why a datagram was rejected.
@@ -290,9 +300,9 @@ pub fn encode_msg(msg: &Msg) -> Vec<u8> {
 }
 
 /// Encodes a transfer message into a datagram.
-pub fn encode_xfer(msg: &[u8]) -> Vec<u8> {
+pub fn encode_xfer(msg: &TransferMsg) -> Vec<u8> {
     let mut out = vec![MAGIC[0], MAGIC[1], VERSION, 1];
-    out.extend_from_slice(msg);
+    msg.encode(&mut out);
     out
 }
 
@@ -317,7 +327,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
             validate(&msg)?;
             Ok(Frame::Ctl(msg))
         }
-        1 => Ok(Frame::Xfer(body.to_vec())),
+        1 => TransferMsg::decode(body).map(Frame::Xfer).map_err(|e| WireError(format!("bad transfer message: {e}"))),
         k => bad(format!("unknown kind {k}")),
     }
 }

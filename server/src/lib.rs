@@ -4,5 +4,10 @@
 pub mod directory;
 pub mod election;
 pub mod failure;
+pub mod load;
 pub mod node;
+pub mod pool;
+pub mod runtime;
 pub mod service;
+pub mod store;
+pub mod work;

@@ -1,1 +1,58 @@
-fn main() {}
+//! The server binary: parse options, load the config, run the server until Ctrl-C.
+
+use common::args::{usage, Args, Opt};
+use common::config::{ClusterConfig, EXIT_USAGE};
+use server::election::Policy;
+use server::runtime::{run, Options};
+use std::path::{Path, PathBuf};
+
+const OPTS: &[Opt] = &[
+    Opt { name: "id", value: Some("N"), default: "", help: "this server's id in the config (required)" },
+    Opt { name: "config", value: Some("FILE"), default: "cluster.json", help: "cluster configuration" },
+    Opt { name: "data", value: Some("DIR"), default: "config's data_dir", help: "data folder" },
+    Opt {
+        name: "policy",
+        value: Some("P"),
+        default: "least-load",
+        help: "least-load | round-robin | single (the last two for benchmarks)",
+    },
+    Opt { name: "simulate-failures", value: None, default: "", help: "take turns going down (classroom demo)" },
+    Opt { name: "slow-ms", value: Some("MS"), default: "0", help: "extra artificial work per image (benchmark)" },
+];
+
+const ABOUT: &str = "A server of the image cloud. Operator commands on stdin: down [SECONDS] | up | status.";
+
+fn fail(msg: &str) -> ! {
+    eprintln!("server: {msg}");
+    std::process::exit(EXIT_USAGE)
+}
+
+fn main() {
+    let args = match Args::parse(std::env::args().skip(1), OPTS) {
+        Ok(a) => a,
+        Err(None) => {
+            print!("{}", usage("server", ABOUT, OPTS));
+            return;
+        }
+        Err(Some(e)) => fail(&e),
+    };
+    let id = match args.num::<u32>("id") {
+        Ok(Some(id)) => id,
+        Ok(None) => fail("--id is required (see --help)"),
+        Err(e) => fail(&e),
+    };
+    let cfg_path = args.get("config").unwrap_or("cluster.json");
+    let cfg = ClusterConfig::load(Path::new(cfg_path)).unwrap_or_else(|e| fail(&e));
+    if cfg.server(id).is_none() {
+        fail(&format!("--id {id}: no such server in {cfg_path} (ids: {:?})", cfg.ids()));
+    }
+    let policy = Policy::parse(args.get("policy").unwrap_or("least-load")).unwrap_or_else(|e| fail(&e));
+    let slow_ms = args.num::<u64>("slow-ms").unwrap_or_else(|e| fail(&e)).unwrap_or(0);
+    let data_dir = PathBuf::from(args.get("data").unwrap_or(&cfg.data_dir));
+    let opts =
+        Options { id, cfg, data_dir, policy, simulate_failures: args.flag("simulate-failures"), slow_ms, stdin: true };
+    if let Err(e) = run(opts) {
+        eprintln!("server {id}: {e}");
+        std::process::exit(1);
+    }
+}

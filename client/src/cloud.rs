@@ -1,0 +1,262 @@
+//! Talking to the cloud: one UDP socket, a receive thread, and `call`, which multicasts a
+//! request to every server, resends it until one answers, uploads the request's payload to the
+//! server that accepted it and downloads the result — all through the socket-free state
+//! machines of `common` (requester, transfers).
+
+use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
+use common::protocol::{decode, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Op, Reply, RequestId};
+use common::requester::{Completion, Requester, RequesterStats};
+use common::rng::Rng;
+use common::transfer::{TransferEvent, TransferMsg, Transfers};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// What the receive thread hands over.
+pub enum Incoming {
+    /// A control message.
+    Ctl(SocketAddr, Msg),
+    /// A transfer message.
+    Xfer(SocketAddr, TransferMsg),
+}
+
+/// A finished call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// The reply (its `server` says who executed it).
+    pub reply: Reply,
+    /// The downloaded result, for requests that return bytes.
+    pub blob: Option<Vec<u8>>,
+}
+
+/// A client's connection to the cloud.
+pub struct Cloud {
+    sock: UdpSocket,
+    servers: Vec<(ServerId, SocketAddr)>,
+    rx: Receiver<Incoming>,
+    req: Requester,
+    transfers: Transfers<SocketAddr>,
+    max_payload: usize,
+    start: Instant,
+    /// Called with (done, total) while a payload over 1 MB moves.
+    pub progress: Option<Box<dyn FnMut(&str, u64, u64) + Send>>,
+}
+
+fn bind_addr(cfg: &ClusterConfig) -> SocketAddr {
+    let loopback = cfg.servers.iter().all(|s| s.client_addr.ip().is_loopback());
+    let ip = match cfg.servers.first().map(|s| s.client_addr) {
+        Some(SocketAddr::V6(_)) if loopback => "::1".parse().ok(),
+        Some(SocketAddr::V6(_)) => "::".parse().ok(),
+        _ if loopback => "127.0.0.1".parse().ok(),
+        _ => "0.0.0.0".parse().ok(),
+    };
+    SocketAddr::new(ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])), 0)
+}
+
+impl Cloud {
+    /// Opens a socket (on `bind` or an ephemeral port) and starts the receive thread.
+    pub fn connect(cfg: &ClusterConfig, bind: Option<SocketAddr>) -> Result<Cloud, String> {
+        let addr = bind.unwrap_or_else(|| bind_addr(cfg));
+        let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        let recv = sock.try_clone().map_err(|e| e.to_string())?;
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new()
+            .name("cloud-recv".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+                loop {
+                    let Ok((n, from)) = recv.recv_from(&mut buf) else { continue };
+                    let item = match decode(&buf[..n]) {
+                        Ok(Frame::Ctl(m)) => Incoming::Ctl(from, m),
+                        Ok(Frame::Xfer(x)) => Incoming::Xfer(from, x),
+                        Err(_) => continue,
+                    };
+                    if tx.send(item).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let mut tcfg = common::transfer::TransferConfig::with_chunk_size(cfg.chunk_size);
+        tcfg.window = cfg.window;
+        tcfg.max_payload = cfg.max_payload;
+        Ok(Cloud {
+            sock,
+            servers: cfg.servers.iter().map(|s| (s.id, s.client_addr)).collect(),
+            rx,
+            req: Requester::new(Rng::from_entropy().next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
+            transfers: Transfers::new(tcfg.normalized()),
+            max_payload: cfg.max_payload,
+            start: Instant::now(),
+            progress: None,
+        })
+    }
+
+    /// This client's address (what the servers see).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.sock.local_addr().ok()
+    }
+
+    /// Counters of requests, resends and duplicates.
+    pub fn stats(&self) -> &RequesterStats {
+        &self.req.stats
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn multicast(&self, msg: &Msg) {
+        let bytes = encode_msg(msg);
+        for (_, addr) in &self.servers {
+            let _ = self.sock.send_to(&bytes, addr);
+        }
+    }
+
+    /// Sends one control message to `to` (used for peer messages).
+    pub fn send_to(&self, to: SocketAddr, msg: &Msg) {
+        let _ = self.sock.send_to(&encode_msg(msg), to);
+    }
+
+    fn flush_transfers(&mut self) {
+        while let Some((to, m)) = self.transfers.poll_send() {
+            let _ = self.sock.send_to(&encode_xfer(&m), to);
+        }
+    }
+
+    /// Runs one request to completion. `payload` is uploaded to the server that accepts it;
+    /// a result announced by transfer is downloaded before returning.
+    pub fn call(&mut self, op: Op, payload: Option<&[u8]>) -> Result<CallResult, String> {
+        let now = self.now();
+        let (rid, msg) = self.req.start(now, op);
+        self.multicast(&msg);
+        let mut uploading: Option<(ServerId, u64)> = None;
+        let mut reply: Option<Reply> = None;
+        let mut blob: Option<Vec<u8>> = None;
+        let mut want_blob: Option<u64> = None;
+        let mut transfer_error: Option<String> = None;
+        loop {
+            if let Some(r) = &reply {
+                let blob_ready = want_blob.is_none() || blob.is_some();
+                if blob_ready {
+                    return Ok(CallResult { reply: r.clone(), blob });
+                }
+                if let Some(e) = transfer_error.take() {
+                    return Err(e);
+                }
+            }
+            match self.rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(Incoming::Ctl(from, msg)) => {
+                    let now = self.now();
+                    self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;
+                }
+                Ok(Incoming::Xfer(from, x)) => {
+                    let now = self.now();
+                    self.transfers.step(now, from, x);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err("the receive thread stopped".into()),
+            }
+            let now = self.now();
+            self.transfers.tick(now);
+            self.flush_transfers();
+            while let Some(ev) = self.transfers.poll_event() {
+                match ev {
+                    TransferEvent::Received { id, payload: p, .. }
+                        if Some(id) == want_blob || id == transfer_id(rid, 1) =>
+                    {
+                        blob = Some(p)
+                    }
+                    TransferEvent::Failed { id, reason, outgoing, .. } => {
+                        if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) {
+                            uploading = None;
+                            transfer_error = Some(format!("transfer failed: {reason}"));
+                        }
+                    }
+                    TransferEvent::Progress { total, done, outgoing, .. } => {
+                        if let Some(p) = self.progress.as_mut() {
+                            p(if outgoing { "upload" } else { "download" }, done, total);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if reply.is_none() {
+                let (resend, timeouts) = self.req.tick(now);
+                for m in resend {
+                    self.multicast(&m);
+                }
+                if timeouts.iter().any(|c| matches!(c, Completion::TimedOut(r) if *r == rid)) {
+                    let _ = self.transfers.cancel(transfer_id(rid, 0));
+                    let _ = self.transfers.cancel(transfer_id(rid, 1));
+                    return Err(transfer_error.unwrap_or_else(|| "no server answered (is the cloud running?)".into()));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_ctl(
+        &mut self,
+        now: u64,
+        rid: RequestId,
+        from: SocketAddr,
+        msg: Msg,
+        payload: Option<&[u8]>,
+        uploading: &mut Option<(ServerId, u64)>,
+        reply: &mut Option<Reply>,
+        want_blob: &mut Option<u64>,
+    ) -> Result<(), String> {
+        match msg {
+            Msg::Reply(r) => {
+                if let Some(Completion::Answered(r)) = self.req.on_reply(r) {
+                    if r.rid == rid {
+                        if let Ok(Answer::Encrypted { transfer, .. }) = &r.result {
+                            *want_blob = Some(*transfer);
+                        }
+                        *reply = Some(r);
+                    }
+                }
+            }
+            Msg::Accepted { rid: r, server, transfer } if r == rid => {
+                if uploading.map(|(s, _)| s) == Some(server) {
+                    return Ok(());
+                }
+                let Some(&(_, addr)) = self.servers.iter().find(|(id, _)| *id == server) else { return Ok(()) };
+                if addr != from {
+                    return Ok(());
+                }
+                // A takeover: the new holder wants the payload; stop sending to the old one.
+                let _ = self.transfers.cancel(transfer);
+                let _ = self.transfers.cancel(transfer_id(rid, 1));
+                let data: Vec<u8> = payload.map(|p| p.to_vec()).unwrap_or_default();
+                self.transfers.send(now, transfer, addr, data).map_err(|e| e.to_string())?;
+                self.transfers.expect(now, transfer_id(rid, 1), addr, self.max_payload).map_err(|e| e.to_string())?;
+                *uploading = Some((server, transfer));
+                self.flush_transfers();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Asks every server for its status (not elected: each answers for itself).
+    pub fn statuses(&mut self, wait: Duration) -> HashMap<ServerId, common::protocol::ServerStatus> {
+        // Not tracked by the requester: no one server's answer completes it.
+        let rid = RequestId { client: Rng::from_entropy().next_u64(), seq: 0 };
+        self.multicast(&Msg::Request { rid, op: Op::Status });
+        let mut out = HashMap::new();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && out.len() < self.servers.len() {
+            if let Ok(Incoming::Ctl(_, Msg::Reply(r))) = self.rx.recv_timeout(Duration::from_millis(10)) {
+                if r.rid == rid {
+                    if let Ok(Answer::Status(s)) = r.result {
+                        out.insert(s.id, *s);
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,5 @@
+//! The client of the image cloud: the cloud link, the data folder, and the prompt commands.
+
+pub mod cloud;
+pub mod commands;
+pub mod store;

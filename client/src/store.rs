@@ -1,0 +1,151 @@
+//! The client's data folder: its identity (name, user id, secret token; file mode 0600) and
+//! its own images (stego PNGs with their low-resolution previews). Every write is atomic.
+
+use common::names::check_image_id;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Who this client is, as the cloud registered it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// User name.
+    pub name: String,
+    /// Numeric id.
+    pub user_id: u64,
+    /// Secret token (keep private).
+    pub token: String,
+}
+
+/// A client's data folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Writes `bytes` to `path` atomically (temporary file + rename), with mode 0600 on Unix.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), String> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        if private {
+            opts.mode(0o600);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+impl Store {
+    /// The folder `root` (created, with `images/` and `previews/`).
+    pub fn open(root: PathBuf) -> Result<Store, String> {
+        for sub in ["images", "previews"] {
+            fs::create_dir_all(root.join(sub)).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The saved identity, if this client registered before.
+    pub fn identity(&self) -> Result<Option<Identity>, String> {
+        let path = self.root.join("identity.json");
+        match fs::read(&path) {
+            Err(_) => Ok(None),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is corrupt ({e}); remove it to register again", path.display())),
+        }
+    }
+
+    /// Saves the identity (private file).
+    pub fn save_identity(&self, id: &Identity) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(id).map_err(|e| e.to_string())?;
+        write_atomic(&self.root.join("identity.json"), &bytes, true)
+    }
+
+    /// Ids of this client's own images, sorted.
+    pub fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.root.join("images"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".png")).map(String::from))
+                    .filter(|id| check_image_id(id).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A free image id derived from a file name: safe characters only, numbered if taken.
+    pub fn new_image_id(&self, file: &Path) -> String {
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let mut base: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .take(40)
+            .collect();
+        if base.is_empty() || check_image_id(&base).is_err() {
+            base = "image".into();
+        }
+        let taken = self.images();
+        let mut id = base.clone();
+        let mut n = 2;
+        while taken.contains(&id) {
+            id = format!("{base}-{n}");
+            n += 1;
+        }
+        id
+    }
+
+    /// Stores an own stego image and its preview.
+    pub fn save_image(&self, id: &str, stego_png: &[u8], preview_png: &[u8]) -> Result<(), String> {
+        check_image_id(id)?;
+        write_atomic(&self.root.join("previews").join(format!("{id}.png")), preview_png, false)?;
+        write_atomic(&self.root.join("images").join(format!("{id}.png")), stego_png, false)
+    }
+
+    /// The stego image file of an own image.
+    pub fn image_path(&self, id: &str) -> PathBuf {
+        self.root.join("images").join(format!("{id}.png"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trip_is_private_and_ids_are_safe() {
+        let dir = std::env::temp_dir().join(format!("imgcloud-client-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = Store::open(dir.clone()).unwrap();
+        assert_eq!(s.identity().unwrap(), None);
+        let id = Identity { name: "alice".into(), user_id: 7, token: "t".into() };
+        s.save_identity(&id).unwrap();
+        assert_eq!(s.identity().unwrap(), Some(id));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join("identity.json")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(s.new_image_id(Path::new("../../etc/pass wd.jpg")), "pass-wd");
+        s.save_image("cat", b"x", b"y").unwrap();
+        assert_eq!(s.new_image_id(Path::new("cat.png")), "cat-2");
+        assert_eq!(s.images(), vec!["cat".to_string()]);
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,348 @@
+//! The thread shell around the node state machine: two blocking UDP sockets (clients, servers)
+//! each with a receive thread, the load thread, the worker pool, an operator thread reading
+//! stdin, and the node loop that owns the node, feeds it events and time, saves the directory
+//! before anything that depends on it is sent, and sends what the node returns.
+
+use crate::election::Policy;
+use crate::node::{Input, Node, NodeConfig, Output, Peer};
+use crate::pool::Pool;
+use crate::store::Store;
+use crate::{load, work};
+use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
+use common::protocol::{decode, encode_msg, Frame, Msg};
+use common::rng::Rng;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the node's timers run, in ms.
+pub const TICK_MS: u64 = 5;
+/// Events waiting for the node loop before receive threads start dropping datagrams.
+pub const QUEUE: usize = 65_536;
+
+/// Everything the server binary was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This server's id.
+    pub id: ServerId,
+    /// The cluster.
+    pub cfg: ClusterConfig,
+    /// Data folder (already resolved from --data or the config).
+    pub data_dir: PathBuf,
+    /// Election policy.
+    pub policy: Policy,
+    /// Pass the failure-simulation token around.
+    pub simulate_failures: bool,
+    /// Extra artificial work per heavy request, ms (benchmark only).
+    pub slow_ms: u64,
+    /// Read operator commands from stdin.
+    pub stdin: bool,
+}
+
+/// What the node loop reacts to.
+pub enum Event {
+    /// A node input (datagram, load sample, worker result, operator command).
+    Node(Input),
+    /// A transfer datagram from `from`.
+    Xfer(SocketAddr, common::transfer::TransferMsg),
+    /// A worker finished hiding an image for `client`.
+    Worked { rid: common::protocol::RequestId, client: SocketAddr, result: Result<Vec<u8>, String> },
+    /// The operator asked for the status table.
+    PrintStatus,
+    /// Ctrl-C: announce 999 and exit.
+    Shutdown,
+}
+
+/// Rate-limits "dropped datagram" log lines: a flood of garbage must not become a flood of logs.
+struct DropLog {
+    who: String,
+    window: Instant,
+    shown: u32,
+    hidden: u32,
+}
+
+impl DropLog {
+    fn new(who: &str) -> Self {
+        DropLog { who: who.into(), window: Instant::now(), shown: 0, hidden: 0 }
+    }
+
+    fn drop(&mut self, from: SocketAddr, why: &str) {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.hidden > 0 {
+                common::log::log(&self.who, &format!("... and {} more datagrams dropped", self.hidden));
+            }
+            self.window = Instant::now();
+            self.shown = 0;
+            self.hidden = 0;
+        }
+        if self.shown < 5 {
+            self.shown += 1;
+            common::log::log(&self.who, &format!("dropped datagram from {from}: {why}"));
+        } else {
+            self.hidden += 1;
+        }
+    }
+}
+
+fn spawn_receiver(
+    name: String,
+    sock: UdpSocket,
+    peers: Option<HashMap<SocketAddr, ServerId>>,
+    tx: Sender<Event>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut drops = DropLog::new(&name);
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some systems: keep going.
+                    if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                        drops.drop(SocketAddr::from(([0, 0, 0, 0], 0)), &format!("receive error: {e}"));
+                    }
+                    continue;
+                }
+            };
+            let frame = match decode(&buf[..n]) {
+                Ok(f) => f,
+                Err(e) => {
+                    drops.drop(from, &e.0);
+                    continue;
+                }
+            };
+            let peer = match &peers {
+                None => Peer::Client(from),
+                Some(map) => match map.get(&from) {
+                    Some(&id) => Peer::Server(id),
+                    None => {
+                        drops.drop(from, "not a server of this cluster");
+                        continue;
+                    }
+                },
+            };
+            let ev = match (frame, peer) {
+                (Frame::Ctl(msg), from) => Event::Node(Input::Message { from, msg }),
+                (Frame::Xfer(x), Peer::Client(addr)) => Event::Xfer(addr, x),
+                (Frame::Xfer(_), Peer::Server(_)) => {
+                    drops.drop(from, "transfer on the server port");
+                    continue;
+                }
+            };
+            if tx.try_send(ev).is_err() {
+                drops.drop(from, "node queue full");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn spawn_operator(tx: Sender<Event>, who: String) -> std::io::Result<()> {
+    std::thread::Builder::new().name("operator".into()).spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { return };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ev = match words.as_slice() {
+                [] => continue,
+                ["down"] => Event::Node(Input::Down { ms: 20_000 }),
+                ["down", secs] => match secs.parse::<u64>() {
+                    Ok(s) => Event::Node(Input::Down { ms: s.saturating_mul(1000) }),
+                    Err(_) => {
+                        common::log::log(&who, "usage: down SECONDS");
+                        continue;
+                    }
+                },
+                ["up"] => Event::Node(Input::Up),
+                ["status"] => Event::PrintStatus,
+                _ => {
+                    common::log::log(&who, "commands: down [SECONDS] | up | status");
+                    continue;
+                }
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Runs a server until Ctrl-C.
+pub fn run(opts: Options) -> Result<(), String> {
+    let who = format!("server {}", opts.id);
+    let log = |line: &str| common::log::log(&who, line);
+    let me = opts.cfg.server(opts.id).ok_or(format!("server id {} is not in the config", opts.id))?.clone();
+    let client_sock = UdpSocket::bind(me.client_addr).map_err(|e| format!("cannot bind {}: {e}", me.client_addr))?;
+    let peer_sock = UdpSocket::bind(me.peer_addr).map_err(|e| format!("cannot bind {}: {e}", me.peer_addr))?;
+    let peer_addrs: HashMap<ServerId, SocketAddr> = opts.cfg.servers.iter().map(|s| (s.id, s.peer_addr)).collect();
+    let peer_ids: HashMap<SocketAddr, ServerId> = opts.cfg.servers.iter().map(|s| (s.peer_addr, s.id)).collect();
+
+    let store = Store::open(&opts.data_dir, opts.id)?;
+    let (dir, warning) = store.load();
+    if let Some(w) = warning {
+        log(&w);
+    }
+    log(&format!(
+        "listening for clients on {}, servers on {}; {} users in the directory; policy {:?}",
+        me.client_addr,
+        me.peer_addr,
+        dir.len(),
+        opts.policy
+    ));
+    let node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
+    let mut node = Node::new(node_cfg, 0, dir, Rng::from_entropy());
+
+    let (tx, rx) = bounded::<Event>(QUEUE);
+    let err = |e: std::io::Error| e.to_string();
+    spawn_receiver(format!("{who} clients"), client_sock.try_clone().map_err(err)?, None, tx.clone()).map_err(err)?;
+    spawn_receiver(format!("{who} servers"), peer_sock.try_clone().map_err(err)?, Some(peer_ids), tx.clone())
+        .map_err(err)?;
+    let load_tx = tx.clone();
+    load::spawn(Duration::from_millis(opts.cfg.load_interval_ms), move |s| {
+        load_tx.send(Event::Node(Input::LoadSample { cpu_percent: s.cpu_percent, rss_kb: s.rss_kb })).is_ok()
+    })
+    .map_err(err)?;
+    if opts.stdin {
+        spawn_operator(tx.clone(), who.clone()).map_err(err)?;
+    }
+    let ctrl_tx = tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = ctrl_tx.send(Event::Shutdown);
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
+    let mut services = work::Services::new(&opts, client_sock.try_clone().map_err(err)?, pool, tx.clone());
+    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store };
+    shell.run_loop(&mut node, &mut services, rx)
+}
+
+struct Shell {
+    who: String,
+    client_sock: UdpSocket,
+    peer_sock: UdpSocket,
+    peer_addrs: HashMap<ServerId, SocketAddr>,
+    store: Store,
+}
+
+impl Shell {
+    fn log(&self, line: &str) {
+        common::log::log(&self.who, line);
+    }
+
+    fn run_loop(&self, node: &mut Node, services: &mut work::Services, rx: Receiver<Event>) -> Result<(), String> {
+        let start = Instant::now();
+        let now_ms = || start.elapsed().as_millis() as u64;
+        let mut next_tick: u64 = 0;
+        loop {
+            let wait = next_tick.saturating_sub(now_ms()).min(TICK_MS);
+            let first = match rx.recv_timeout(Duration::from_millis(wait)) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            // Take what is queued in one go: one clock reading, one tick check.
+            let mut batch: Vec<Event> = first.into_iter().collect();
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ms();
+            for ev in batch {
+                match ev {
+                    Event::Node(input) => {
+                        let outs = node.step(now, input);
+                        self.apply(node, services, now, outs);
+                    }
+                    Event::Xfer(from, msg) => services.on_transfer(now, from, msg),
+                    Event::Worked { rid, client, result } => services.on_worked(now, rid, client, result),
+                    Event::PrintStatus => println!("{}", status_table(node, now)),
+                    Event::Shutdown => {
+                        self.log("Ctrl-C: announcing 999 and stopping");
+                        let outs = node.step(now, Input::Shutdown);
+                        self.apply(node, services, now, outs);
+                        return Ok(());
+                    }
+                }
+            }
+            if now >= next_tick {
+                let outs = node.tick(now);
+                self.apply(node, services, now, outs);
+                services.tick(now);
+                next_tick = now + TICK_MS;
+            }
+            // Results of heavy work go back into the node (which commits them).
+            loop {
+                let inputs = services.take_inputs();
+                if inputs.is_empty() {
+                    break;
+                }
+                for input in inputs {
+                    let outs = node.step(now, input);
+                    self.apply(node, services, now, outs);
+                }
+            }
+        }
+    }
+
+    fn apply(&self, node: &mut Node, services: &mut work::Services, now: u64, outs: Vec<Output>) {
+        // Persist first: nothing that depends on a change leaves before the change is on disk.
+        if node.take_dirty() {
+            if let Err(e) = self.store.save(node.directory()) {
+                self.log(&format!("cannot save the directory: {e}"));
+            }
+        }
+        for o in outs {
+            match o {
+                Output::Send { to, msg } => self.send(to, &msg),
+                Output::Execute { rid, op, reply_to } => services.execute(now, rid, op, reply_to),
+                Output::Log(line) => self.log(&line),
+            }
+        }
+    }
+
+    fn send(&self, to: Peer, msg: &Msg) {
+        let bytes = encode_msg(msg);
+        if bytes.len() > MAX_DATAGRAM {
+            self.log(&format!("not sending a {}-byte message: too large for a datagram", bytes.len()));
+            return;
+        }
+        let result = match to {
+            Peer::Server(id) => match self.peer_addrs.get(&id) {
+                Some(addr) => self.peer_sock.send_to(&bytes, addr),
+                None => return,
+            },
+            Peer::Client(addr) => self.client_sock.send_to(&bytes, addr),
+        };
+        if let Err(e) = result {
+            if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                self.log(&format!("send to {to:?} failed: {e}"));
+            }
+        }
+    }
+}
+
+/// The operator's `status` table.
+pub fn status_table(node: &Node, now: u64) -> String {
+    let st = node.status(now);
+    let mut out = format!(
+        "server {} — {} — handled {} — {} users, online: {}\n",
+        st.id,
+        if st.down { "DOWN" } else { "up" },
+        st.handled,
+        st.users,
+        if st.online.is_empty() { "-".to_string() } else { st.online.join(", ") }
+    );
+    for p in st.peers {
+        let state = if p.live { "live" } else { "failed" };
+        out.push_str(&format!("  server {}: load {:>3}  {state}\n", p.id, p.load));
+    }
+    out
+}

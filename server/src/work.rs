@@ -1,0 +1,190 @@
+//! Heavy requests, done outside the node: for `Encrypt` the server that won the request tells
+//! the client where to send the image (`Accepted`), receives it by reliable transfer, checks
+//! it decodes, hides it in a cover on the worker pool, streams the stego PNG back by transfer
+//! and reports the answer to the node, which commits it like any other.
+
+use crate::node::Input;
+use crate::pool::Pool;
+use crate::runtime::{Event, Options};
+use common::config::ServerId;
+use common::protocol::{encode_msg, encode_xfer, transfer_id, Answer, Msg, Op, RequestId};
+use common::stego::{self, Covers};
+use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often `Accepted` is resent until the upload starts, ms.
+pub const ACCEPT_RESEND_MS: u64 = 100;
+
+struct Job {
+    rid: RequestId,
+    client: SocketAddr,
+    last_accept: u64,
+    started: bool,
+}
+
+/// The heavy-request services of one server.
+pub struct Services {
+    id: ServerId,
+    sock: UdpSocket,
+    pool: Arc<Pool>,
+    tx: Sender<Event>,
+    covers: Arc<Covers>,
+    slow_ms: u64,
+    max_payload: usize,
+    transfers: Transfers<SocketAddr>,
+    jobs: HashMap<u64, Job>,
+    inputs: Vec<Input>,
+}
+
+/// The transfer settings from the cluster config.
+pub fn transfer_config(cfg: &common::config::ClusterConfig) -> TransferConfig {
+    let mut t = TransferConfig::with_chunk_size(cfg.chunk_size);
+    t.window = cfg.window;
+    t.max_payload = cfg.max_payload;
+    t.normalized()
+}
+
+impl Services {
+    /// Services sending on `sock` (the client socket) and running jobs on `pool`.
+    pub fn new(opts: &Options, sock: UdpSocket, pool: Arc<Pool>, tx: Sender<Event>) -> Self {
+        let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
+        Services {
+            id: opts.id,
+            sock,
+            pool,
+            tx,
+            covers,
+            slow_ms: opts.slow_ms,
+            max_payload: opts.cfg.max_payload,
+            transfers: Transfers::new(transfer_config(&opts.cfg)),
+            jobs: HashMap::new(),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// Jobs waiting for an upload or running.
+    pub fn depth(&self) -> usize {
+        self.jobs.len() + self.pool.depth()
+    }
+
+    /// Inputs for the node produced since the last call.
+    pub fn take_inputs(&mut self) -> Vec<Input> {
+        std::mem::take(&mut self.inputs)
+    }
+
+    fn send_ctl(&self, to: SocketAddr, msg: &Msg) {
+        let _ = self.sock.send_to(&encode_msg(msg), to);
+    }
+
+    fn flush(&mut self) {
+        while let Some((to, msg)) = self.transfers.poll_send() {
+            let _ = self.sock.send_to(&encode_xfer(&msg), to);
+        }
+        while let Some(ev) = self.transfers.poll_event() {
+            self.on_event(ev);
+        }
+    }
+
+    /// The node won a heavy request: start it.
+    pub fn execute(&mut self, now: u64, rid: RequestId, op: Op, client: SocketAddr) {
+        let Op::Encrypt { len } = op else {
+            self.inputs.push(Input::Executed { rid, result: Err(format!("{} is not a worker operation", op.kind())) });
+            return;
+        };
+        if len as usize > self.max_payload {
+            let msg = format!("the image is {len} bytes; the limit is {} bytes", self.max_payload);
+            self.inputs.push(Input::Executed { rid, result: Err(msg) });
+            return;
+        }
+        let upload = transfer_id(rid, 0);
+        if let Err(e) = self.transfers.expect(now, upload, client, len as usize) {
+            self.inputs.push(Input::Executed { rid, result: Err(format!("cannot receive the image: {e}")) });
+            return;
+        }
+        self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload });
+        self.jobs.insert(upload, Job { rid, client, last_accept: now, started: false });
+        self.flush();
+    }
+
+    /// A transfer datagram arrived from a client.
+    pub fn on_transfer(&mut self, now: u64, from: SocketAddr, msg: TransferMsg) {
+        let id = msg.id();
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.started = true;
+        }
+        self.transfers.step(now, from, msg);
+        self.flush();
+    }
+
+    /// A worker finished hiding an image.
+    pub fn on_worked(&mut self, now: u64, rid: RequestId, client: SocketAddr, result: Result<Vec<u8>, String>) {
+        let result = match result {
+            Ok(png) => {
+                let id = transfer_id(rid, 1);
+                let len = png.len() as u64;
+                match self.transfers.send(now, id, client, png) {
+                    Ok(()) => Ok(Answer::Encrypted { len, transfer: id }),
+                    Err(e) => Err(format!("cannot send the result: {e}")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.inputs.push(Input::Executed { rid, result });
+        self.flush();
+    }
+
+    /// Timers: transfer retransmissions, resending `Accepted` until the upload starts.
+    pub fn tick(&mut self, now: u64) {
+        self.transfers.tick(now);
+        let resend: Vec<(SocketAddr, Msg)> = self
+            .jobs
+            .iter_mut()
+            .filter(|(_, j)| !j.started && now >= j.last_accept + ACCEPT_RESEND_MS)
+            .map(|(&id, j)| {
+                j.last_accept = now;
+                (j.client, Msg::Accepted { rid: j.rid, server: self.id, transfer: id })
+            })
+            .collect();
+        for (to, msg) in resend {
+            self.send_ctl(to, &msg);
+        }
+        self.flush();
+    }
+
+    fn on_event(&mut self, ev: TransferEvent<SocketAddr>) {
+        match ev {
+            TransferEvent::Received { id, from, payload } => {
+                let Some(job) = self.jobs.remove(&id) else { return };
+                let (rid, covers, tx, slow) = (job.rid, self.covers.clone(), self.tx.clone(), self.slow_ms);
+                self.pool.submit(Box::new(move || {
+                    if slow > 0 {
+                        std::thread::sleep(Duration::from_millis(slow));
+                    }
+                    let result = hide(&covers, &payload);
+                    let _ = tx.send(Event::Worked { rid, client: from, result });
+                }));
+            }
+            TransferEvent::Failed { id, outgoing: false, reason, .. } => {
+                if let Some(job) = self.jobs.remove(&id) {
+                    let msg = format!("the image did not arrive: {reason}");
+                    self.inputs.push(Input::Executed { rid: job.rid, result: Err(msg) });
+                }
+            }
+            TransferEvent::Failed { id, outgoing: true, reason, peer } => {
+                common::log::log(&format!("server {}", self.id), &format!("result {id:x} to {peer} failed: {reason}"));
+            }
+            TransferEvent::Sent { .. } | TransferEvent::Progress { .. } | TransferEvent::Dropped { .. } => {}
+        }
+    }
+}
+
+/// Checks that `image` decodes, then hides its exact bytes in a cover.
+pub fn hide(covers: &Covers, image: &[u8]) -> Result<Vec<u8>, String> {
+    stego::decode_image(image).map_err(|e| format!("not an image this server can read: {e}"))?;
+    let cover = covers.choose(image.len());
+    stego::hide(cover, image).map_err(|e| format!("cannot hide the image: {e}"))
+}
