@@ -8,18 +8,25 @@ use common::protocol::{decode, encode_msg, encode_xfer, transfer_id, Answer, Fra
 use common::requester::{Completion, Requester, RequesterStats};
 use common::rng::Rng;
 use common::transfer::{TransferEvent, TransferMsg, Transfers};
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+/// Peer datagrams queued for the engine before new ones are dropped.
+pub const PEER_QUEUE: usize = 4096;
+
 /// What the receive thread hands over.
+#[allow(clippy::large_enum_variant)] // moved once through a channel
 pub enum Incoming {
     /// A control message.
     Ctl(SocketAddr, Msg),
     /// A transfer message.
     Xfer(SocketAddr, TransferMsg),
 }
+
+/// Called with (direction, done bytes, total bytes) while a large payload moves.
+pub type ProgressFn = Box<dyn FnMut(&str, u64, u64) + Send>;
 
 /// A finished call.
 #[derive(Debug, Clone)]
@@ -39,8 +46,9 @@ pub struct Cloud {
     transfers: Transfers<SocketAddr>,
     max_payload: usize,
     start: Instant,
+    peer_rx: Option<Receiver<Incoming>>,
     /// Called with (done, total) while a payload over 1 MB moves.
-    pub progress: Option<Box<dyn FnMut(&str, u64, u64) + Send>>,
+    pub progress: Option<ProgressFn>,
 }
 
 fn bind_addr(cfg: &ClusterConfig) -> SocketAddr {
@@ -61,18 +69,26 @@ impl Cloud {
         let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
         let recv = sock.try_clone().map_err(|e| e.to_string())?;
         let (tx, rx) = unbounded();
+        let (peer_tx, peer_rx) = bounded(PEER_QUEUE);
+        let server_addrs: Vec<SocketAddr> = cfg.servers.iter().map(|s| s.client_addr).collect();
         std::thread::Builder::new()
             .name("cloud-recv".into())
             .spawn(move || {
                 let mut buf = vec![0u8; MAX_DATAGRAM + 1];
                 loop {
                     let Ok((n, from)) = recv.recv_from(&mut buf) else { continue };
-                    let item = match decode(&buf[..n]) {
-                        Ok(Frame::Ctl(m)) => Incoming::Ctl(from, m),
-                        Ok(Frame::Xfer(x)) => Incoming::Xfer(from, x),
+                    let from_server = server_addrs.contains(&from);
+                    // Peer messages (even relayed by a server) and peers' transfers go to the
+                    // peer engine; replies and the cloud's transfers to `call`.
+                    let (item, to_peer) = match decode(&buf[..n]) {
+                        Ok(Frame::Ctl(m @ (Msg::Peer(_) | Msg::PeerAck { .. }))) => (Incoming::Ctl(from, m), true),
+                        Ok(Frame::Ctl(m)) => (Incoming::Ctl(from, m), false),
+                        Ok(Frame::Xfer(x)) => (Incoming::Xfer(from, x), !from_server),
                         Err(_) => continue,
                     };
-                    if tx.send(item).is_err() {
+                    if to_peer {
+                        let _ = peer_tx.try_send(item);
+                    } else if tx.send(item).is_err() {
                         return;
                     }
                 }
@@ -89,8 +105,19 @@ impl Cloud {
             transfers: Transfers::new(tcfg.normalized()),
             max_payload: cfg.max_payload,
             start: Instant::now(),
+            peer_rx: Some(peer_rx),
             progress: None,
         })
+    }
+
+    /// The peer traffic (messages from other users, their transfers); taken once by the engine.
+    pub fn take_peer_rx(&mut self) -> Option<Receiver<Incoming>> {
+        self.peer_rx.take()
+    }
+
+    /// A second handle on the socket, for the peer engine to send with.
+    pub fn socket(&self) -> Result<UdpSocket, String> {
+        self.sock.try_clone().map_err(|e| e.to_string())
     }
 
     /// This client's address (what the servers see).
@@ -168,11 +195,11 @@ impl Cloud {
                     {
                         blob = Some(p)
                     }
-                    TransferEvent::Failed { id, reason, outgoing, .. } => {
-                        if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) {
-                            uploading = None;
-                            transfer_error = Some(format!("transfer failed: {reason}"));
-                        }
+                    TransferEvent::Failed { id, reason, outgoing, .. }
+                        if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) =>
+                    {
+                        uploading = None;
+                        transfer_error = Some(format!("transfer failed: {reason}"));
                     }
                     TransferEvent::Progress { total, done, outgoing, .. } => {
                         if let Some(p) = self.progress.as_mut() {

@@ -2,10 +2,21 @@
 //! with exactly one line starting `ok:` or `error:`, so scripts can pipe commands in.
 
 use crate::cloud::Cloud;
-use crate::store::{Identity, Store};
+use crate::engine::{Command, Engine, EngineCtx};
+use crate::sharing::{self, Sharing};
+use crate::store::{write_atomic, Identity, Store};
 use common::config::ClusterConfig;
-use common::protocol::{Answer, Op};
+use common::protocol::{Answer, Envelope, Op, PeerBody, UserInfo};
+use common::rights::Rights;
+use parking_lot::Mutex;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the prompt waits for a peer operation.
+pub const PEER_WAIT: Duration = Duration::from_secs(30);
 
 /// Times a transport failure of `encrypt` is retried as a whole new request.
 pub const ENCRYPT_TRIES: u32 = 3;
@@ -16,18 +27,33 @@ pub const HELP: &str = "commands:
   peers             online users, their address and shared images
   encrypt PATH      hide an image in a cover (done by the cloud) and share it
   images            your own images
+  gallery USER      previews of USER's shared images (asked peer to peer)
+  request USER IMAGE VIEWS   ask USER for IMAGE with VIEWS views
+  requests          requests waiting for your answer
+  approve N [VIEWS] send the image of request N (optionally with another number of views)
+  reject N          refuse request N
+  received          images others shared with you, with views left
+  view IMAGE        reveal IMAGE (IMAGE or OWNER/IMAGE) once: one view less
+  grant USER IMAGE VIEWS     set USER's views on your IMAGE (0 revokes: their copy is deleted)
+  more USER IMAGE VIEWS      ask USER for more views of IMAGE
+  shared            who holds which of your images, with the views last granted
   stats             request counters of this client
   help              this text
   quit              sign out and leave";
 
 /// A signed-in client.
 pub struct Session {
-    /// The cloud link.
-    pub cloud: Cloud,
+    /// The cloud link (shared with the peer engine).
+    pub cloud: Arc<Mutex<Cloud>>,
     /// The data folder.
     pub store: Store,
     /// Who we are.
     pub me: Identity,
+    /// The peer engine.
+    pub engine: Engine,
+    /// Owner-side sharing state (shared with the engine).
+    pub sharing: Arc<Mutex<Sharing>>,
+    temp: Option<PathBuf>,
 }
 
 /// What a command printed and whether the prompt should end.
@@ -41,6 +67,10 @@ pub struct Outcome {
 fn answer(op: Op, cloud: &mut Cloud) -> Result<Answer, String> {
     let r = cloud.call(op, None)?;
     r.reply.result
+}
+
+fn parse_views(s: &str) -> Result<u32, String> {
+    s.parse::<u32>().ok().filter(|v| *v <= 1_000_000).ok_or(format!("{s:?} is not a number of views"))
 }
 
 impl Session {
@@ -65,11 +95,51 @@ impl Session {
             Answer::SignedIn { .. } => {}
             other => return Err(format!("unexpected answer to sign-in: {other:?}")),
         }
-        Ok(Session { cloud, store, me })
+        let incoming = cloud.take_peer_rx().ok_or("peer traffic already taken")?;
+        let sock = cloud.socket()?;
+        let mut transfer = common::transfer::TransferConfig::with_chunk_size(cfg.chunk_size);
+        transfer.window = cfg.window;
+        transfer.max_payload = cfg.max_payload;
+        let cloud = Arc::new(Mutex::new(cloud));
+        let sharing = Arc::new(Mutex::new(Sharing::load(&store)?));
+        let ctx = EngineCtx {
+            me: me.clone(),
+            store: store.clone(),
+            cloud: cloud.clone(),
+            sharing: sharing.clone(),
+            sock,
+            incoming,
+            transfer: transfer.normalized(),
+        };
+        let engine = Engine::start(ctx)?;
+        let mut session = Session { cloud, store, me, engine, sharing, temp: None };
+        session.pull_inbox()?;
+        Ok(session)
+    }
+
+    /// Fetches what the cloud buffered for us while we were offline, applies it in order, and
+    /// acknowledges it so every server drops it.
+    pub fn pull_inbox(&mut self) -> Result<usize, String> {
+        let mut acked: Vec<u64> = Vec::new();
+        let mut total = 0;
+        loop {
+            let op = Op::InboxAck { name: self.me.name.clone(), token: self.me.token.clone(), ids: acked.clone() };
+            let pending: Vec<Envelope> = match answer(op, &mut self.cloud.lock())? {
+                Answer::Inbox(list) => list,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            if pending.is_empty() {
+                return Ok(total);
+            }
+            total += pending.len();
+            acked = pending.iter().map(|e| e.id).collect();
+            self.engine.ask(PEER_WAIT, |reply| Command::Apply { envelopes: pending, reply })?;
+        }
     }
 
     /// Runs one prompt line.
     pub fn run(&mut self, line: &str) -> Outcome {
+        self.remove_temp();
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut lines = Vec::new();
         let result = match words.as_slice() {
@@ -88,14 +158,45 @@ impl Session {
                 Ok(format!("{} images", imgs.len()))
             }
             ["encrypt", path] => self.encrypt(Path::new(path)),
+            ["gallery", user] => self.gallery(user, &mut lines),
+            ["request", user, image, views] => parse_views(views).and_then(|v| self.ask(user, image, v, false)),
+            ["more", user, image, views] => parse_views(views).and_then(|v| self.ask(user, image, v, true)),
+            ["requests"] => {
+                let reqs = self.sharing.lock().requests.clone();
+                for r in &reqs {
+                    let what = if r.more { "more views of " } else { "" };
+                    lines.push(format!("  #{} {} asks for {what}{} with {} views", r.n, r.from, r.image_id, r.views));
+                }
+                Ok(format!("{} requests", reqs.len()))
+            }
+            ["approve", n] => self.approve(n, None),
+            ["approve", n, views] => parse_views(views).and_then(|v| self.approve(n, Some(v))),
+            ["reject", n] => self.reject(n),
+            ["received"] => {
+                let all = sharing::received(&self.store);
+                for r in &all {
+                    lines.push(format!("  {}/{}  {} views left", r.rights.owner, r.rights.image_id, r.rights.views));
+                }
+                Ok(format!("{} received images", all.len()))
+            }
+            ["view", image] => self.view(image, &mut lines),
+            ["grant", user, image, views] => parse_views(views).and_then(|v| self.grant(user, image, v)),
+            ["shared"] => {
+                let holders = self.sharing.lock().holders();
+                for (viewer, image, s) in &holders {
+                    lines.push(format!("  {image} → {viewer}: {} views (version {})", s.views, s.version));
+                }
+                Ok(format!("{} shares", holders.len()))
+            }
             ["stats"] => {
-                let s = self.cloud.stats();
+                let s = self.cloud.lock().stats().clone();
                 Ok(format!(
                     "requests={} answered={} timed_out={} resends={} duplicate_replies={} handled_twice={}",
                     s.started, s.answered, s.timed_out, s.resends, s.duplicate_replies, s.handled_twice
                 ))
             }
             ["quit"] | ["exit"] => {
+                self.remove_temp();
                 self.sign_out();
                 lines.push("ok: signed out, bye".into());
                 return Outcome { lines, quit: true };
@@ -111,11 +212,170 @@ impl Session {
 
     /// Signs out (best effort: used on quit, end of input and Ctrl-C).
     pub fn sign_out(&mut self) {
-        let _ = answer(Op::SignOut { name: self.me.name.clone(), token: self.me.token.clone() }, &mut self.cloud);
+        self.remove_temp();
+        let op = Op::SignOut { name: self.me.name.clone(), token: self.me.token.clone() };
+        let _ = answer(op, &mut self.cloud.lock());
+    }
+
+    fn remove_temp(&mut self) {
+        if let Some(p) = self.temp.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    fn lookup(&mut self, user: &str) -> Result<UserInfo, String> {
+        common::names::check_user(user)?;
+        match answer(Op::Lookup { name: user.into() }, &mut self.cloud.lock())? {
+            Answer::User(u) => Ok(u),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn online_addr(&mut self, user: &str) -> Result<Option<SocketAddr>, String> {
+        let u = self.lookup(user)?;
+        Ok(if u.online { u.addr } else { None })
+    }
+
+    fn gallery(&mut self, user: &str, lines: &mut Vec<String>) -> Result<String, String> {
+        let addr = self.online_addr(user)?.ok_or(format!("{user} is offline"))?;
+        let user_s = user.to_string();
+        let items = self.engine.ask(PEER_WAIT, |reply| Command::Gallery { user: user_s, addr, reply })?;
+        let tty = std::io::stdout().is_terminal();
+        for it in &items {
+            lines.push(format!("  {}  ({} byte preview)", it.image_id, it.preview_png.len()));
+            if tty {
+                if let Ok(img) = common::stego::decode_image(&it.preview_png) {
+                    lines.push(common::preview::render_ansi(&img, 48));
+                }
+            }
+        }
+        Ok(format!("{} images in {user}'s gallery", items.len()))
+    }
+
+    fn send_peer(&mut self, user: &str, body: PeerBody) -> Result<String, String> {
+        let addr = self.online_addr(user)?;
+        let user_s = user.to_string();
+        self.engine.ask(PEER_WAIT, |reply| Command::Send { user: user_s, addr, body, reply })
+    }
+
+    fn ask(&mut self, user: &str, image: &str, views: u32, more: bool) -> Result<String, String> {
+        common::names::check_image_id(image)?;
+        if user == self.me.name {
+            return Err("that is your own image".into());
+        }
+        let r = self.send_peer(user, PeerBody::ImageRequest { image_id: image.into(), views, more })?;
+        Ok(format!("request sent: {r}"))
+    }
+
+    fn take_request(&mut self, n: &str) -> Result<sharing::Request, String> {
+        let n: u32 = n.trim_start_matches('#').parse().map_err(|_| format!("{n:?} is not a request number"))?;
+        let mut sh = self.sharing.lock();
+        let r = sh.take_request(n).ok_or(format!("no request #{n} (see `requests`)"))?;
+        sh.save(&self.store)?;
+        Ok(r)
+    }
+
+    fn put_back(&mut self, r: sharing::Request) {
+        let mut sh = self.sharing.lock();
+        sh.requests.push(r);
+        sh.requests.sort_by_key(|r| r.n);
+        let _ = sh.save(&self.store);
+    }
+
+    fn approve(&mut self, n: &str, views: Option<u32>) -> Result<String, String> {
+        let req = self.take_request(n)?;
+        let views = views.unwrap_or(req.views);
+        if req.more {
+            return self.grant(&req.from.clone(), &req.image_id.clone(), views);
+        }
+        let result = (|| {
+            let png = std::fs::read(self.store.image_path(&req.image_id))
+                .map_err(|_| format!("you have no image {}", req.image_id))?;
+            let addr = self.online_addr(&req.from)?.ok_or(format!("{} is offline; approve again later", req.from))?;
+            let version = self.sharing.lock().grant(&req.from, &req.image_id, views);
+            self.sharing.lock().save(&self.store)?;
+            let rights = Rights {
+                owner: self.me.name.clone(),
+                viewer: req.from.clone(),
+                image_id: req.image_id.clone(),
+                views,
+                version,
+            };
+            let png = common::rights::embed(&png, &rights).map_err(|e| e.to_string())?;
+            let (user, image_id) = (req.from.clone(), req.image_id.clone());
+            self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user, addr, image_id, views, version, png, reply })
+        })();
+        match result {
+            Ok(r) => Ok(format!("{} sent to {} with {views} views: {r}", req.image_id, req.from)),
+            Err(e) => {
+                self.put_back(req);
+                Err(e)
+            }
+        }
+    }
+
+    fn reject(&mut self, n: &str) -> Result<String, String> {
+        let req = self.take_request(n)?;
+        let body = PeerBody::Rejected { image_id: req.image_id.clone(), reason: "the owner said no".into() };
+        let r = self.send_peer(&req.from, body)?;
+        Ok(format!("rejected: {r}"))
+    }
+
+    fn grant(&mut self, user: &str, image: &str, views: u32) -> Result<String, String> {
+        common::names::check_user(user)?;
+        common::names::check_image_id(image)?;
+        if !self.store.images().iter().any(|i| i == image) {
+            return Err(format!("you have no image {image}"));
+        }
+        let version = {
+            let mut sh = self.sharing.lock();
+            let v = sh.grant(user, image, views);
+            sh.save(&self.store)?;
+            v
+        };
+        self.send_peer(user, PeerBody::Rights { image_id: image.into(), views, version })
+    }
+
+    fn view(&mut self, what: &str, lines: &mut Vec<String>) -> Result<String, String> {
+        let copy = sharing::find_received(&self.store, what)?;
+        let tty = std::io::stdout().is_terminal();
+        match sharing::view(&copy)? {
+            Some((hidden, left)) => {
+                let dir = self.store.root().join("tmp");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let ext = image::guess_format(&hidden)
+                    .ok()
+                    .and_then(|f| f.extensions_str().first().copied())
+                    .unwrap_or("img");
+                let path = dir.join(format!("view-{}.{ext}", copy.rights.image_id));
+                write_atomic(&path, &hidden, true)?;
+                self.temp = Some(path.clone());
+                if tty {
+                    if let Ok(img) = common::stego::decode_image(&hidden) {
+                        lines.push(common::preview::render_ansi(&img, 64));
+                    }
+                }
+                if let Some(viewer) = std::env::var_os("IMAGE_VIEWER") {
+                    let _ = std::process::Command::new(viewer).arg(&path).spawn();
+                }
+                Ok(format!("{} revealed ({} views left) in {}", copy.rights.image_id, left, path.display()))
+            }
+            None => {
+                if tty {
+                    if let Ok(img) = std::fs::read(&copy.path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| common::stego::decode_image(&b).map_err(|e| e.to_string()))
+                    {
+                        lines.push(common::preview::render_ansi(&img, 64));
+                    }
+                }
+                Err(format!("no views left on {}: only the cover is shown", copy.rights.image_id))
+            }
+        }
     }
 
     fn whoami(&mut self) -> Result<String, String> {
-        match answer(Op::Lookup { name: self.me.name.clone() }, &mut self.cloud)? {
+        match answer(Op::Lookup { name: self.me.name.clone() }, &mut self.cloud.lock())? {
             Answer::User(u) => Ok(format!(
                 "{} (user {}) at {}, {}",
                 u.name,
@@ -128,7 +388,7 @@ impl Session {
     }
 
     fn peers(&mut self, lines: &mut Vec<String>) -> Result<String, String> {
-        match answer(Op::ListOnline, &mut self.cloud)? {
+        match answer(Op::ListOnline, &mut self.cloud.lock())? {
             Answer::Online(list) => {
                 for u in &list {
                     let addr = u.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
@@ -151,7 +411,8 @@ impl Session {
             .map_err(|e| format!("{} is not an image this client can read: {e}", path.display()))?;
         let mut last = String::new();
         for _ in 0..ENCRYPT_TRIES {
-            match self.cloud.call(Op::Encrypt { len: image.len() as u64 }, Some(&image)) {
+            let attempt = self.cloud.lock().call(Op::Encrypt { len: image.len() as u64 }, Some(&image));
+            match attempt {
                 Ok(r) => {
                     let server = r.reply.server;
                     let len = match r.reply.result? {
@@ -181,6 +442,6 @@ impl Session {
     pub fn publish_images(&mut self) -> Result<(), String> {
         let op =
             Op::SetImages { name: self.me.name.clone(), token: self.me.token.clone(), images: self.store.images() };
-        answer(op, &mut self.cloud).map(|_| ())
+        answer(op, &mut self.cloud.lock()).map(|_| ())
     }
 }

@@ -2,4 +2,8 @@
 
 pub mod cloud;
 pub mod commands;
+pub mod engine;
+pub mod launch;
+pub mod peer;
+pub mod sharing;
 pub mod store;

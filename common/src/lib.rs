@@ -8,6 +8,7 @@ pub mod names;
 pub mod preview;
 pub mod protocol;
 pub mod requester;
+pub mod rights;
 pub mod rng;
 pub mod simnet;
 pub mod stego;

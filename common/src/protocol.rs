@@ -73,6 +73,9 @@ pub struct UserRecord {
     pub version: Version,
     /// The request that created the user (a retried registration returns the same user).
     pub created_by: RequestId,
+    /// Messages buffered for the user while offline (and tombstones of delivered ones).
+    #[serde(default)]
+    pub inbox: Vec<InboxEntry>,
 }
 
 /// What other users may see of a user.
@@ -96,6 +99,47 @@ impl From<&UserRecord> for UserInfo {
     }
 }
 
+/// What one peer tells another (directly, relayed by the cloud, or buffered for later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerBody {
+    /// Send me your gallery of previews by transfer `transfer`.
+    GalleryRequest { transfer: u64 },
+    /// May I have `image_id` with `views` views? (`more`: I have it and want more views.)
+    ImageRequest { image_id: String, views: u32, more: bool },
+    /// The owner said no.
+    Rejected { image_id: String, reason: String },
+    /// The owner approved: the stego image (rights embedded) follows by transfer once acked.
+    Deliver { image_id: String, views: u32, version: u64, transfer: u64, len: u64 },
+    /// The owner sets the views left on its image (0 = revoked: delete the copy).
+    Rights { image_id: String, views: u32, version: u64 },
+}
+
+/// A peer message with its sender, recipient and an id for acknowledgement and deduplication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per sender (random base + counter).
+    pub id: u64,
+    /// Sending user.
+    pub from: String,
+    /// Receiving user.
+    pub to: String,
+    /// The message.
+    pub body: PeerBody,
+}
+
+/// A message buffered by the cloud for a user who was offline, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// Order of arrival (Lamport counter of the buffering server, then its id).
+    pub seq: Version,
+    /// The message (its `to` is the recipient).
+    pub envelope: Envelope,
+    /// Acknowledged by the recipient: kept only as a tombstone so replicas drop it too.
+    pub delivered: bool,
+    /// Version of this entry (a tombstone is newer than the pending entry).
+    pub version: Version,
+}
+
 /// An operation a client asks the cloud for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -115,6 +159,12 @@ pub enum Op {
     Encrypt { len: u64 },
     /// Every server answers with its own status (not elected).
     Status,
+    /// Try to deliver a peer message the sender could not deliver itself, at `addr`.
+    Relay { envelope: Envelope, addr: SocketAddr },
+    /// Keep a peer message for its offline recipient (the sender proves itself with its token).
+    Buffer { name: String, token: String, envelope: Envelope },
+    /// The recipient got these buffered messages: drop them everywhere.
+    InboxAck { name: String, token: String, ids: Vec<u64> },
 }
 
 impl Op {
@@ -129,6 +179,9 @@ impl Op {
             Op::SetImages { .. } => "set-images",
             Op::Encrypt { .. } => "encrypt",
             Op::Status => "status",
+            Op::Relay { .. } => "relay",
+            Op::Buffer { .. } => "buffer",
+            Op::InboxAck { .. } => "inbox-ack",
         }
     }
 
@@ -139,14 +192,16 @@ impl Op {
             | Op::SignIn { name, .. }
             | Op::SignOut { name, .. }
             | Op::Lookup { name }
-            | Op::SetImages { name, .. } => Some(name),
-            Op::ListOnline | Op::Encrypt { .. } | Op::Status => None,
+            | Op::SetImages { name, .. }
+            | Op::InboxAck { name, .. } => Some(name),
+            Op::Buffer { envelope, .. } => Some(&envelope.to),
+            Op::ListOnline | Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => None,
         }
     }
 
     /// True for operations a worker must do (heavy), false for directory operations.
     pub fn needs_worker(&self) -> bool {
-        matches!(self, Op::Encrypt { .. })
+        matches!(self, Op::Encrypt { .. } | Op::Relay { .. })
     }
 }
 
@@ -203,6 +258,12 @@ pub enum Answer {
     Encrypted { len: u64, transfer: u64 },
     /// A server's status.
     Status(Box<ServerStatus>),
+    /// The cloud reached the recipient (`true`) or could not (`false`).
+    Relayed { delivered: bool },
+    /// Kept for the offline recipient.
+    Buffered,
+    /// Messages buffered for the user while offline, oldest first (sent after sign-in).
+    Inbox(Vec<Envelope>),
 }
 
 /// The answer to a request.
@@ -264,10 +325,15 @@ pub enum Msg {
     Token { from: ServerId, to: ServerId, round: u64 },
     /// Failure simulation: token received.
     TokenAck { from: ServerId, round: u64 },
+    /// Peer → peer (or cloud → peer): a peer message.
+    Peer(Envelope),
+    /// The recipient of envelope `id` got it.
+    PeerAck { id: u64, from: String },
 }
 
 /// A decoded datagram.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // moved once from socket to handler; boxing would allocate per datagram
 pub enum Frame {
     /// A control message.
     Ctl(Msg),
@@ -350,6 +416,43 @@ fn check_op(op: &Op) -> Result<(), WireError> {
             check_images(images)
         }
         Op::ListOnline | Op::Status | Op::Encrypt { .. } => Ok(()),
+        Op::Relay { envelope, .. } => check_envelope(envelope),
+        Op::Buffer { name, token: t, envelope } => {
+            user(name)?;
+            token(t)?;
+            check_envelope(envelope)?;
+            if &envelope.from != name {
+                return bad("a buffered message must come from its sender");
+            }
+            Ok(())
+        }
+        Op::InboxAck { name, token: t, ids } => {
+            user(name)?;
+            token(t)?;
+            if ids.len() > 1024 {
+                return bad("too many ids");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks a peer message: names, image ids, bounded text.
+pub fn check_envelope(e: &Envelope) -> Result<(), WireError> {
+    check_user(&e.from).map_err(WireError)?;
+    check_user(&e.to).map_err(WireError)?;
+    match &e.body {
+        PeerBody::GalleryRequest { .. } => Ok(()),
+        PeerBody::ImageRequest { image_id, .. }
+        | PeerBody::Deliver { image_id, .. }
+        | PeerBody::Rights { image_id, .. } => check_image_id(image_id).map_err(WireError),
+        PeerBody::Rejected { image_id, reason } => {
+            check_image_id(image_id).map_err(WireError)?;
+            if reason.len() > 200 {
+                return bad("reason too long");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -363,9 +466,16 @@ fn check_images(images: &[String]) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Most inbox entries (pending and tombstones) one record may carry.
+pub const MAX_INBOX: usize = 512;
+
 fn check_record(record: &UserRecord) -> Result<(), WireError> {
     check_user(&record.name).map_err(WireError)?;
-    check_images(&record.images)
+    check_images(&record.images)?;
+    if record.inbox.len() > MAX_INBOX {
+        return bad("inbox too long");
+    }
+    record.inbox.iter().try_for_each(|e| check_envelope(&e.envelope))
 }
 
 /// Checks what the JSON shape cannot: names, list sizes.
@@ -375,6 +485,8 @@ pub fn validate(msg: &Msg) -> Result<(), WireError> {
         Msg::Record { record, .. } => check_record(record),
         Msg::Done { records, .. } => records.iter().try_for_each(check_record),
         Msg::ClaimAck { record: Some(record), .. } => check_record(record),
+        Msg::Peer(e) => check_envelope(e),
+        Msg::PeerAck { from, .. } => check_user(from).map_err(WireError),
         Msg::Load { load, .. } if *load > 999 => bad("load above 999"),
         _ => Ok(()),
     }

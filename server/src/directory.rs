@@ -1,31 +1,120 @@
-//! The directory of service: users, addresses, online state and shared image ids.
+//! The directory of service: users, addresses, online state and shared image ids — and, kept in
+//! the same snapshot because it is what a server saves to disk, the server's own per-request
+//! Paxos votes.
 //!
 //! Each user is one last-writer-wins record versioned by (Lamport counter, server id), so
 //! replicas that apply the same records in any order, any number of times, end up equal.
+//!
+//! The votes are not replicated: they are what this server promised and accepted for each
+//! request it still tracks (see `node.rs`). They live here so that a server restarted from its
+//! saved directory neither votes twice in a round nor forgets a reply it accepted; the shell
+//! saves the snapshot before sending anything a step produced. Equality and the digest cover
+//! the users only: two replicas are equal when they hold the same records.
 
 use common::config::ServerId;
-use common::protocol::{UserInfo, UserRecord, Version};
+use common::protocol::{InboxEntry, Reply, RequestId, UserInfo, UserRecord, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The replicated directory.
+/// A request's outcome as proposed in one round: the reply and the records it writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The round it was proposed (and accepted) in.
+    pub round: u32,
+    /// The answer for the client; `reply.server` is the server that executed the request.
+    pub reply: Reply,
+    /// The directory records it writes, applied once the request is decided.
+    pub records: Vec<UserRecord>,
+}
+
+/// One server's durable Paxos state for one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// Highest round this server voted in (for itself or another claimer); 0 for none.
+    pub round: u32,
+    /// The claimer it voted for in that round.
+    pub holder: ServerId,
+    /// The last proposal it accepted.
+    pub accepted: Option<Proposal>,
+    /// True once it knows a majority accepted `accepted`: the request is decided.
+    pub decided: bool,
+}
+
+impl Vote {
+    /// True if there is nothing to remember.
+    pub fn is_empty(&self) -> bool {
+        self.round == 0 && self.accepted.is_none()
+    }
+}
+
+/// The replicated directory (and this server's votes).
+#[derive(Debug, Clone, Default, Eq, Serialize, Deserialize)]
 pub struct Directory {
     users: BTreeMap<String, UserRecord>,
     clock: u64,
+    #[serde(default, with = "vote_list")]
+    votes: BTreeMap<RequestId, Vote>,
+}
+
+impl PartialEq for Directory {
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users
+    }
+}
+
+/// Votes are saved as a list of (request, vote) pairs: JSON map keys must be strings.
+mod vote_list {
+    use super::Vote;
+    use common::protocol::RequestId;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(votes: &BTreeMap<RequestId, Vote>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(votes.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<RequestId, Vote>, D::Error> {
+        Ok(Vec::<(RequestId, Vote)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// Union of two inboxes by (sender, message id); for the same message the newer entry (a
+/// delivered tombstone) wins; ordered by arrival.
+pub fn merge_inbox(a: &[InboxEntry], b: &[InboxEntry]) -> Vec<InboxEntry> {
+    let mut by_key: BTreeMap<(String, u64), InboxEntry> = BTreeMap::new();
+    for e in a.iter().chain(b) {
+        let key = (e.envelope.from.clone(), e.envelope.id);
+        match by_key.get(&key) {
+            Some(have) if have.version >= e.version => {}
+            _ => {
+                by_key.insert(key, e.clone());
+            }
+        }
+    }
+    let mut out: Vec<InboxEntry> = by_key.into_values().collect();
+    out.sort_by_key(|e| e.seq);
+    out
 }
 
 impl Directory {
     /// Applies a record if it is newer than ours; returns true if it changed anything.
+    ///
+    /// The newer record wins, except its inbox: the two inboxes are merged (union by message,
+    /// a delivered tombstone beating its pending entry), so two servers buffering messages for
+    /// the same user at once lose neither.
     pub fn apply(&mut self, rec: UserRecord) -> bool {
         self.clock = self.clock.max(rec.version.counter);
-        match self.users.get(&rec.name) {
-            Some(old) if old.version >= rec.version => false,
-            _ => {
-                self.users.insert(rec.name.clone(), rec);
-                true
-            }
+        let Some(old) = self.users.get(&rec.name) else {
+            self.users.insert(rec.name.clone(), rec);
+            return true;
+        };
+        let (mut merged, other) = if rec.version > old.version { (rec, old.clone()) } else { (old.clone(), rec) };
+        merged.inbox = merge_inbox(&merged.inbox, &other.inbox);
+        if Some(&merged) == self.users.get(&merged.name) {
+            return false;
         }
+        self.users.insert(merged.name.clone(), merged);
+        true
     }
 
     /// A fresh version for a local change by server `me`.
@@ -59,6 +148,28 @@ impl Directory {
         self.users.values().filter(|r| r.online).map(UserInfo::from)
     }
 
+    /// This server's vote for `rid`.
+    pub fn vote(&self, rid: &RequestId) -> Option<&Vote> {
+        self.votes.get(rid)
+    }
+
+    /// Every saved vote.
+    pub fn votes(&self) -> impl Iterator<Item = (&RequestId, &Vote)> {
+        self.votes.iter()
+    }
+
+    /// Saves the vote for `rid` (an empty vote removes it); returns true if anything changed.
+    pub fn set_vote(&mut self, rid: RequestId, vote: &Vote) -> bool {
+        if vote.is_empty() {
+            return self.votes.remove(&rid).is_some();
+        }
+        if self.votes.get(&rid) == Some(vote) {
+            return false;
+        }
+        self.votes.insert(rid, vote.clone());
+        true
+    }
+
     /// A hash of every (name, version): equal digests mean equal directories.
     pub fn digest(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -73,6 +184,11 @@ impl Directory {
             eat(&[0]);
             eat(&r.version.counter.to_le_bytes());
             eat(&r.version.server.to_le_bytes());
+            for e in &r.inbox {
+                eat(e.envelope.from.as_bytes());
+                eat(&e.envelope.id.to_le_bytes());
+                eat(&[e.delivered as u8]);
+            }
         }
         h
     }
@@ -93,6 +209,7 @@ mod tests {
             images: vec![],
             version: Version { counter, server },
             created_by: RequestId { client: 1, seq: 1 },
+            inbox: vec![],
         }
     }
 
@@ -110,6 +227,28 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(x.digest(), y.digest());
         assert!(!x.get("a").unwrap().online, "(2,3) beats (2,2)");
+    }
+
+    #[test]
+    fn votes_are_saved_but_not_compared() {
+        let rid = RequestId { client: 9, seq: 3 };
+        let reply = Reply { rid, server: 2, result: Err("x".into()) };
+        let vote = Vote {
+            round: 2,
+            holder: 3,
+            accepted: Some(Proposal { round: 1, reply, records: vec![rec("a", 1, 2, true)] }),
+            decided: false,
+        };
+        let mut d = Directory::default();
+        assert!(d.set_vote(rid, &vote));
+        assert!(!d.set_vote(rid, &vote), "unchanged");
+        let json = serde_json::to_vec(&d).unwrap();
+        let back: Directory = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.vote(&rid), Some(&vote));
+        assert_eq!(back, Directory::default(), "replicas compare by records only");
+        let old: Directory = serde_json::from_slice(br#"{"users":{},"clock":4}"#).unwrap();
+        assert_eq!(old.votes().count(), 0, "a directory saved before votes existed still loads");
+        assert!(d.set_vote(rid, &Vote::default()) && d.vote(&rid).is_none(), "an empty vote is removed");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The load table and the election: who is live, each server's effective load, and the ranking
 //! of servers for one request (the winner first, then the order of takeover).
 //!
-//! Effective load of a server = the base it announced (CPU part) + [`WORK_WEIGHT`] × its
-//! outstanding requests. Outstanding counts are reset by each announcement and then moved by the
-//! claims and commits every server sees, so all tables move together between announcements and
-//! a burst spreads over the servers instead of piling onto the one that looked idle.
+//! Effective load of a server = the load it last announced (CPU part + [`WORK_WEIGHT`] × its
+//! queued and in-flight requests). Only announcements count, so every server ranks a request
+//! the same way; a busy server's announced queue moves the next requests elsewhere, and a server
+//! whose queue grows announces early (see the node), so a burst spreads within milliseconds.
 
 use common::config::ServerId;
 use common::protocol::RequestId;
@@ -49,6 +49,7 @@ pub fn load_figure(cpu_percent: f32, work: u32) -> u32 {
 #[derive(Debug, Clone, Default)]
 struct Entry {
     base: u32,
+    announced: u32,
     outstanding: u32,
     failed: bool,
     last_heard: Option<u64>,
@@ -98,6 +99,7 @@ impl LoadTable {
         let was_live = self.is_live(now, from);
         if let Some(e) = self.entries.get_mut(&from) {
             e.failed = load >= FAILED;
+            e.announced = load;
             e.base = load.saturating_sub(work.saturating_mul(WORK_WEIGHT));
             e.outstanding = work;
         }
@@ -126,10 +128,16 @@ impl LoadTable {
     pub fn set_mine(&mut self, now: u64, load: u32, work: u32) {
         let me = self.me;
         if let Some(e) = self.entries.get_mut(&me) {
+            e.announced = load;
             e.base = load.saturating_sub(work.saturating_mul(WORK_WEIGHT));
             e.outstanding = work;
             e.last_heard = Some(now);
         }
+    }
+
+    /// True if `id` spoke (any message) at or after `t`.
+    pub fn heard_since(&self, id: ServerId, t: u64) -> bool {
+        self.entries.get(&id).and_then(|e| e.last_heard).is_some_and(|h| h >= t)
     }
 
     /// Marks `id` suspect (it missed a claim or commit): not live until heard from again.
@@ -174,11 +182,14 @@ impl LoadTable {
     }
 
     /// The load used in elections; [`FAILED`] when not live.
+    ///
+    /// Only announced figures count, never local guesses: every server holds the same
+    /// announcements, so every server ranks a request the same way whatever order requests
+    /// arrive in (a local adjustment per claim seen made concurrent requests rank differently
+    /// on each server, and nobody claimed them until the takeover timeout).
     pub fn effective(&self, now: u64, id: ServerId) -> u32 {
         match self.entries.get(&id) {
-            Some(e) if self.is_live(now, id) => {
-                e.base.saturating_add(e.outstanding.saturating_mul(WORK_WEIGHT)).min(MAX_LIVE_LOAD)
-            }
+            Some(e) if self.is_live(now, id) => e.announced.min(MAX_LIVE_LOAD),
             _ => FAILED,
         }
     }
@@ -253,18 +264,16 @@ mod tests {
     }
 
     #[test]
-    fn claims_spread_a_burst() {
+    fn ranking_follows_announcements_not_claims_seen() {
         let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         t.set_mine(0, 0, 0);
         t.on_load(0, 2, 0, 0);
         t.on_load(0, 3, 0, 0);
-        let mut winners = vec![];
-        for s in 0..3 {
-            let w = t.ranking(0, rid(s))[0];
-            t.add_work(w);
-            winners.push(w);
-        }
-        assert_eq!(winners, vec![1, 2, 3]);
+        t.add_work(1);
+        t.add_work(1);
+        assert_eq!(t.ranking(0, rid(1))[0], 1, "claims seen locally do not move the ranking");
+        t.set_mine(1, load_figure(0.0, 2), 2);
+        assert_eq!(t.ranking(1, rid(1)), vec![2, 3, 1], "announced queued work does");
     }
 
     #[test]
@@ -286,6 +295,8 @@ mod tests {
         assert!(!t.is_live(1, 2));
         t.heard(2, 2);
         assert!(t.is_live(2, 2));
+        assert!(t.heard_since(2, 2) && !t.heard_since(2, 3));
+        assert!(!t.heard_since(3, 0), "unknown servers were never heard");
     }
 
     #[test]

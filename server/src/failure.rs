@@ -10,6 +10,7 @@ use common::protocol::Msg;
 
 /// What the node must do for the simulation on this tick.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // returned once per tick
 pub enum SimAction {
     /// Nothing.
     None,

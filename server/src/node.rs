@@ -2,27 +2,48 @@
 //! send and the work to start. No sockets, threads or clocks inside: the shell (`runtime.rs`)
 //! moves datagrams and time, the simulation tests drive it directly.
 //!
-//! Per request the protocol is (a single-decree Paxos with the load election as leader hint):
+//! Each request is decided by single-decree Paxos among the servers, with the load election as
+//! leader hint:
 //! 1. every live server receives the client's request and ranks the live servers for it
-//!    (least effective load, ties to the lowest id); the winner claims it in round 1;
-//! 2. a claim needs votes from a majority of the servers that have not announced 999 (its own
-//!    included). A server votes for the first claimer of a round and for any later round; a
-//!    claimer gives its own vote to a lower-id claimer of the same round. Majorities overlap,
-//!    so two servers never both hold a round's majority — even when load tables disagree;
-//! 3. the holder executes the request, then commits: `Done` with the reply and the changed
-//!    directory records to every server; once a majority accepts, the client gets the reply.
-//!    A server that voted for a later round refuses an older commit, so a holder that was
-//!    presumed dead cannot answer after someone took over;
-//! 4. if no claim comes within the claim timeout, the next server in the ranking claims; if the
-//!    holder fails (999, silent, or restarted), the next live server claims in a higher round.
-//!    A server that already accepted a commit answers any claim with that reply, which the
-//!    claimer adopts instead of executing again: one request, one answer.
+//!    (least effective load, ties to the lowest id); the winner claims it in round 1 (`Claim`:
+//!    Paxos prepare). If no claim comes within the claim timeout, the next server in the ranking
+//!    claims; if the holder fails (999, silent, restarted), the next live server claims in a
+//!    higher round;
+//! 2. a server votes (`ClaimAck` granted: promise) for the first claimer of a round and for any
+//!    higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
+//!    carries the voter's accepted proposal, if any, else the voter's directory record of the
+//!    request's user, so the executor never acts on a stale replica. A claim needs votes from a
+//!    majority of the servers that have not announced 999, its own included;
+//! 3. the winner of a round proposes the accepted proposal of the highest round among its votes
+//!    (it must: that value may already be decided) and executes the request only if there is
+//!    none. It sends the proposal (`Done` in its round: Paxos accept); a server accepts unless it
+//!    voted in a higher round. Executing writes nothing: the records are applied when decided;
+//! 4. once a majority accepted, the request is decided: the decider applies the records and
+//!    announces the decision (`Done` in round [`DECIDED`]) to every server, which applies the
+//!    records too. The client gets the reply once a majority applied them (so its next request
+//!    reads them) and every live server did or the claim timeout passed — at once if nothing is
+//!    written. A server that knows the decision answers retries and claims with it, and the
+//!    claimer adopts it: one request, one answer;
+//! 5. votes and accepted proposals are saved with the directory ([`Vote`]), so a server that
+//!    crashes and restarts from disk keeps its promises and its accepted replies.
+//!
+//! A holder that is alive but in a lower round than a claimer is not waited for: the higher
+//! round wins, and whatever the holder accepted reaches the claimer through the votes. Claimers
+//! yield only to higher rounds (or to a lower id in their own round), so two servers never wait
+//! for each other.
 //!
 //! Availability: a majority of the servers that have not announced 999 must be reachable. A
 //! server isolated alone never answers, so a healed partition never yields a second answer;
 //! servers that shut down cleanly (announcing 999) leave the majority to the others.
+//!
+//! Message fields are reused where the protocol has no dedicated shape: a granted `ClaimAck`
+//! echoes the claim's round in `round` and reports the voter's accepted proposal with its reply
+//! in `reply`, its record in `record` and its round in `holder`; a refused one carries the
+//! decided reply and record if the voter knows the decision; a `Done` with round [`DECIDED`]
+//! announces a decision. (Directory operations write at most the request's user's record, so
+//! one record carries a proposal's write.)
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Proposal, Vote};
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
 use crate::failure::{FailureSim, SimAction};
 use crate::service;
@@ -31,6 +52,9 @@ use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, ServerStatus
 use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+
+/// The round of a `Done` that announces a decision instead of proposing a value.
+pub const DECIDED: u32 = u32::MAX;
 
 /// Who a message comes from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +116,7 @@ impl NodeConfig {
 
 /// Something that happened to the node.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // moved once into `step`; boxing would allocate per datagram
 pub enum Input {
     /// A datagram arrived.
     Message { from: Peer, msg: Msg },
@@ -120,34 +145,79 @@ pub enum Output {
 
 #[derive(Debug, Clone)]
 enum State {
-    /// Seen, not held by anyone we know of.
+    /// No live holder known: the takeover timers run.
     Waiting,
-    /// We voted for `holder` in `round`.
-    Claimed { holder: ServerId, round: u32 },
-    /// We claim it in `round`; `votes` granted so far, `answered` who replied at all.
-    Claiming { round: u32, votes: BTreeSet<ServerId>, answered: BTreeSet<ServerId>, since: u64, last: u64 },
-    /// We hold a majority and execute it.
+    /// We wait for `holder`, which claims or proposes it in `round`.
+    Following { holder: ServerId, round: u32 },
+    /// We claim it in `round`: votes granted so far, who answered at all, and the accepted
+    /// proposal of the highest round reported (ours included), which we must propose.
+    Claiming {
+        round: u32,
+        votes: BTreeSet<ServerId>,
+        answered: BTreeSet<ServerId>,
+        best: Option<Proposal>,
+        since: u64,
+        last: u64,
+    },
+    /// We won `round` and execute the request.
     Executing { round: u32 },
-    /// We executed it and wait for a majority to accept the commit.
-    Committing { round: u32, reply: Reply, records: Vec<UserRecord>, acks: BTreeSet<ServerId>, since: u64, last: u64 },
-    /// Answered; the reply is kept for retries and takeovers.
-    Done { reply: Reply, by: ServerId },
+    /// We propose `proposal` (in its round) and collect acceptances.
+    Accepting { proposal: Proposal, acks: BTreeSet<ServerId>, last: u64 },
+    /// A majority accepted `proposal`: we announce the decision and answer the client once a
+    /// majority applied it (`replied` tells whether the client got the reply already).
+    Deciding { proposal: Proposal, acks: BTreeSet<ServerId>, since: u64, last: u64, replied: bool },
+    /// Decided; the reply is kept for retries and late claims.
+    Decided { reply: Reply },
+}
+
+impl State {
+    /// The reply to give a client now, if the request is answered.
+    fn answer(&self) -> Option<&Reply> {
+        match self {
+            State::Decided { reply } => Some(reply),
+            State::Deciding { proposal, replied: true, .. } => Some(&proposal.reply),
+            _ => None,
+        }
+    }
+
+    /// The decided proposal's reply, if the request is decided.
+    fn decided(&self) -> Option<&Reply> {
+        match self {
+            State::Decided { reply } => Some(reply),
+            State::Deciding { proposal, .. } => Some(&proposal.reply),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
     op: Option<Op>,
     reply_to: Option<SocketAddr>,
+    /// When the request was seen or last went back to the election (takeover timers).
     seen: u64,
     rank: Vec<ServerId>,
     state: State,
+    /// Who is counted as working on it, for the outstanding-work figures.
     holder: Option<ServerId>,
+    /// Highest round seen in any message, to pick the next one.
     max_round: u32,
+    /// Our promise and accepted proposal (saved in the directory).
+    vote: Vote,
 }
 
 impl Entry {
     fn new(op: Option<Op>, reply_to: Option<SocketAddr>, now: u64, rank: Vec<ServerId>) -> Self {
-        Entry { op, reply_to, seen: now, rank, state: State::Waiting, holder: None, max_round: 0 }
+        Entry {
+            op,
+            reply_to,
+            seen: now,
+            rank,
+            state: State::Waiting,
+            holder: None,
+            max_round: 0,
+            vote: Vote::default(),
+        }
     }
 }
 
@@ -178,13 +248,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node starting at `now` with the directory it loaded from disk.
+    /// A node starting at `now` with the directory it loaded from disk (and the votes saved in
+    /// it, which it keeps honouring).
     pub fn new(cfg: NodeConfig, now: u64, dir: Directory, rng: Rng) -> Self {
         let mut rng = rng;
         let epoch = rng.next_u64() | 1;
         let table = LoadTable::new(cfg.id, &cfg.servers, cfg.failure_timeout, cfg.policy);
         let failure = FailureSim::new(&cfg, now);
-        Node {
+        let mut node = Node {
             cfg,
             table,
             dir,
@@ -206,6 +277,29 @@ impl Node {
             handled: 0,
             handled_by_kind: BTreeMap::new(),
             executions: Vec::new(),
+        };
+        node.restore_votes(now);
+        node
+    }
+
+    /// Rebuilds the request table from the saved votes: decided requests keep their reply, the
+    /// others their promise and accepted proposal (they wait for a client retry or a claim).
+    fn restore_votes(&mut self, now: u64) {
+        let saved: Vec<(RequestId, Vote)> = self.dir.votes().map(|(rid, v)| (*rid, v.clone())).collect();
+        for (rid, vote) in saved {
+            let mut e = Entry::new(None, None, now, vec![]);
+            e.max_round = vote.round.max(vote.accepted.as_ref().map_or(0, |p| p.round));
+            match (&vote.accepted, vote.decided) {
+                (Some(p), true) => {
+                    e.state = State::Decided { reply: p.reply.clone() };
+                    self.finished.push_back((now, rid));
+                }
+                _ => {
+                    self.active.insert(rid);
+                }
+            }
+            e.vote = vote;
+            self.requests.insert(rid, e);
         }
     }
 
@@ -214,12 +308,13 @@ impl Node {
         self.cfg.id
     }
 
-    /// The directory (to persist or inspect).
+    /// The directory (to persist or inspect), with this server's votes.
     pub fn directory(&self) -> &Directory {
         &self.dir
     }
 
-    /// True once since the last call if the directory changed and must be saved.
+    /// True once since the last call if the directory or the votes changed and must be saved.
+    /// The shell must save before sending the outputs of the step that changed them.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }
@@ -324,7 +419,7 @@ impl Node {
         self.out.push(Output::Send { to, msg });
     }
 
-    fn to_servers(&mut self, ids: impl IntoIterator<Item = ServerId>, msg: &Msg) {
+    fn multicast(&mut self, ids: impl IntoIterator<Item = ServerId>, msg: &Msg) {
         for id in ids {
             self.send(Peer::Server(id), msg.clone());
         }
@@ -345,9 +440,11 @@ impl Node {
             token: self.failure.holds_token(),
         };
         let others: Vec<ServerId> = self.table.others().collect();
-        self.to_servers(others, &msg);
+        self.multicast(others, &msg);
     }
 
+    /// Goes down: our own claims and proposals stop (what we promised and accepted stays, so
+    /// nothing we said before is contradicted when we come back); traffic is ignored.
     fn go_down(&mut self, now: u64, ms: u64) {
         let was_down = self.is_down();
         self.down_until = Some(now + ms);
@@ -355,11 +452,17 @@ impl Node {
             return;
         }
         self.table.me_down = true;
-        for rid in std::mem::take(&mut self.active) {
-            if let Some(e) = self.requests.remove(&rid) {
-                if let Some(h) = e.holder {
-                    self.table.remove_work(h);
+        let active: Vec<RequestId> = self.active.iter().copied().collect();
+        for rid in active {
+            match self.requests.get(&rid).map(|e| &e.state) {
+                Some(State::Claiming { .. } | State::Executing { .. } | State::Accepting { .. }) => {
+                    self.rewait(now, rid)
                 }
+                Some(State::Deciding { proposal, .. }) => {
+                    let reply = proposal.reply.clone();
+                    self.set_state(now, rid, State::Decided { reply });
+                }
+                _ => {}
             }
         }
         self.log(format!("going DOWN for {} s: announcing 999 and ignoring all traffic", ms / 1000));
@@ -436,33 +539,30 @@ impl Node {
             }
             Msg::Claim { rid, by, round, op, reply_to } => self.on_claim(now, rid, by, round, op, reply_to),
             Msg::ClaimAck { rid, from, granted, holder, round, firm, reply, record } => {
-                if let Some(record) = record {
-                    if self.dir.apply(record) {
-                        self.dirty = true;
-                    }
-                }
-                self.on_claim_ack(now, rid, from, granted, holder, round, firm, reply)
+                let ack = Ack { from, granted, holder, round, firm, reply, record };
+                self.on_claim_ack(now, rid, ack)
             }
             Msg::Done { rid, by, round, reply, records } => {
-                if self.ready {
-                    let ack = self.on_done(now, rid, by, round, reply, records);
-                    self.send(Peer::Server(s), ack);
-                }
+                let ack = self.on_done(now, rid, by, round, reply, records);
+                self.send(Peer::Server(s), ack);
             }
             Msg::DoneAck { rid, from, accepted, holder, round, reply } => {
                 self.on_done_ack(now, rid, from, accepted, holder, round, reply)
             }
-            Msg::Record { record, .. } => {
-                if self.dir.apply(record) {
-                    self.dirty = true;
-                }
-            }
+            Msg::Record { record, .. } => self.apply_record(record),
             Msg::Token { round, .. } => {
                 self.send(Peer::Server(s), Msg::TokenAck { from: self.cfg.id, round });
                 self.failure.on_token(now, round);
             }
             Msg::TokenAck { from, round } => self.failure.on_token_ack(from, round),
             other => self.log(format!("dropped {} from server {s}: not a server message", kind_of(&other))),
+        }
+    }
+
+    /// Applies a committed record (last writer wins).
+    fn apply_record(&mut self, record: UserRecord) {
+        if self.dir.apply(record) {
+            self.dirty = true;
         }
     }
 
@@ -485,11 +585,9 @@ impl Node {
             if e.op.is_none() {
                 e.op = Some(op);
             }
-            if let State::Done { reply, by } = &e.state {
-                let (reply, by) = (reply.clone(), *by);
-                if by == self.cfg.id || !self.table.is_live(now, by) {
-                    self.send(Peer::Client(addr), Msg::Reply(reply));
-                }
+            // Whoever knows the decision answers: it is the one reply there is.
+            if let Some(reply) = e.state.answer().cloned() {
+                self.send(Peer::Client(addr), Msg::Reply(reply));
             }
             return;
         }
@@ -505,26 +603,26 @@ impl Node {
         }
     }
 
-    /// Moves an entry to `state`, keeping the per-server outstanding counts right.
+    /// Moves an entry to `state`, keeping the outstanding-work counts and the saved vote right.
     fn set_state(&mut self, now: u64, rid: RequestId, state: State) {
         let me = self.cfg.id;
         let Some(e) = self.requests.get_mut(&rid) else { return };
         let holder = match &state {
-            State::Waiting | State::Done { .. } => None,
-            State::Claimed { holder, .. } => Some(*holder),
-            State::Claiming { .. } | State::Executing { .. } | State::Committing { .. } => Some(me),
+            State::Waiting | State::Deciding { .. } | State::Decided { .. } => None,
+            State::Following { holder, .. } => Some(*holder),
+            State::Claiming { .. } | State::Executing { .. } | State::Accepting { .. } => Some(me),
         };
         let round = match &state {
-            State::Claimed { round, .. }
-            | State::Claiming { round, .. }
-            | State::Executing { round }
-            | State::Committing { round, .. } => *round,
-            _ => 0,
+            State::Following { round, .. } | State::Claiming { round, .. } | State::Executing { round } => *round,
+            State::Accepting { proposal, .. } | State::Deciding { proposal, .. } => proposal.round,
+            State::Waiting | State::Decided { .. } => 0,
         };
         e.max_round = e.max_round.max(round);
+        e.vote.decided = state.decided().is_some();
         let old = e.holder;
         e.holder = holder;
-        let done = matches!(state, State::Done { .. });
+        let done = matches!(state, State::Decided { .. });
+        let newly_done = done && !matches!(e.state, State::Decided { .. });
         e.state = state;
         if old != holder {
             if let Some(o) = old {
@@ -536,73 +634,119 @@ impl Node {
         }
         if done {
             self.active.remove(&rid);
-            self.finished.push_back((now, rid));
+            if newly_done {
+                self.finished.push_back((now, rid));
+            }
         } else {
             self.active.insert(rid);
         }
+        self.save_vote(rid);
     }
 
+    /// Mirrors an entry's vote into the directory, to be saved before anything is sent.
+    fn save_vote(&mut self, rid: RequestId) {
+        let changed = match self.requests.get(&rid) {
+            Some(e) => self.dir.set_vote(rid, &e.vote),
+            None => self.dir.set_vote(rid, &Vote::default()),
+        };
+        if changed {
+            self.dirty = true;
+        }
+    }
+
+    /// Claims `rid` in a round above every round seen, voting for ourselves.
     fn start_claim(&mut self, now: u64, rid: RequestId) {
-        let Some(e) = self.requests.get(&rid) else { return };
-        let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) else { return };
-        let round = e.max_round + 1;
-        let state = State::Claiming { round, votes: BTreeSet::new(), answered: BTreeSet::new(), since: now, last: now };
-        self.set_state(now, rid, state);
-        if self.table.quorum() <= 1 {
-            self.begin_execution(now, rid, round);
+        let me = self.cfg.id;
+        let Some(e) = self.requests.get_mut(&rid) else { return };
+        if matches!(
+            e.state,
+            State::Executing { .. } | State::Accepting { .. } | State::Deciding { .. } | State::Decided { .. }
+        ) {
             return;
         }
-        let claim = Msg::Claim { rid, by: self.cfg.id, round, op, reply_to };
-        self.to_servers(self.table.voters(), &claim);
+        let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) else { return };
+        let round = e.max_round.max(e.vote.round).saturating_add(1).min(DECIDED - 1);
+        e.vote.round = round;
+        e.vote.holder = me;
+        let best = e.vote.accepted.clone();
+        let state =
+            State::Claiming { round, votes: BTreeSet::new(), answered: BTreeSet::new(), best, since: now, last: now };
+        self.set_state(now, rid, state);
+        if self.table.quorum() <= 1 {
+            self.on_quorum(now, rid);
+            return;
+        }
+        let claim = Msg::Claim { rid, by: me, round, op, reply_to };
+        self.multicast(self.table.voters(), &claim);
+    }
+
+    /// Our vote as a refusal names: the holder of our promise, unless that is us and we are not
+    /// using the round any more (then the claimer should simply go higher).
+    fn promise_holder(&self, e: &Entry) -> Option<ServerId> {
+        let mine_in_use = matches!(e.state, State::Claiming { .. } | State::Executing { .. } | State::Accepting { .. });
+        (e.vote.round > 0 && (e.vote.holder != self.cfg.id || mine_in_use)).then_some(e.vote.holder)
     }
 
     /// What this server answers to a claim of `rid` by `by` in `round`, updating its vote.
     fn vote(&mut self, now: u64, rid: RequestId, by: ServerId, round: u32) -> Msg {
         let me = self.cfg.id;
-        let refuse = |holder: ServerId, round: u32, firm: bool, reply: Option<Reply>| Msg::ClaimAck {
+        let refuse = |holder: Option<ServerId>, round: u32, firm: bool, reply: Option<Reply>, record| Msg::ClaimAck {
             rid,
             from: me,
             granted: false,
-            holder: Some(holder),
+            holder,
             round,
             firm,
             reply,
-            record: None,
+            record,
         };
-        let Some(e) = self.requests.get(&rid) else { return refuse(me, 0, false, None) };
-        let record = e.op.as_ref().and_then(|op| op.user()).and_then(|u| self.dir.get(u)).cloned();
-        let grant =
-            Msg::ClaimAck { rid, from: me, granted: true, holder: None, round, firm: false, reply: None, record };
-        match &e.state {
-            State::Done { reply, by: d } => refuse(*d, 0, true, Some(reply.clone())),
-            State::Waiting => {
-                self.set_state(now, rid, State::Claimed { holder: by, round });
-                grant
-            }
-            State::Claimed { holder, round: r } => {
-                if round > *r || (round == *r && *holder == by) {
-                    self.set_state(now, rid, State::Claimed { holder: by, round });
-                    grant
-                } else {
-                    refuse(*holder, *r, false, None)
-                }
-            }
-            State::Claiming { round: r, .. } => {
-                if round > *r || (round == *r && by < me) {
-                    self.log(format!("yielding {rid} to server {by} (round {round})"));
-                    self.set_state(now, rid, State::Claimed { holder: by, round });
-                    grant
-                } else {
-                    refuse(me, *r, false, None)
-                }
-            }
-            State::Executing { round: r } | State::Committing { round: r, .. } => refuse(me, *r, true, None),
+        let Some(e) = self.requests.get(&rid) else { return refuse(None, 0, false, None, None) };
+        if let Some(reply) = e.state.decided() {
+            let record = e.vote.accepted.as_ref().and_then(|p| p.records.first()).cloned();
+            return refuse(Some(reply.server), e.vote.round, true, Some(reply.clone()), record);
         }
+        let grant = match &e.state {
+            State::Executing { round: r } => return refuse(Some(me), *r, true, None, None),
+            State::Accepting { proposal, .. } => return refuse(Some(me), proposal.round, true, None, None),
+            State::Claiming { round: r, .. } => round > *r || (round == *r && by < me),
+            _ => round > e.vote.round || (round == e.vote.round && by == e.vote.holder),
+        };
+        if !grant {
+            return refuse(self.promise_holder(e), e.vote.round, false, None, None);
+        }
+        // A grant echoes the claim's round (a late grant must not count for a later round) and
+        // reports our accepted proposal: its round in `holder`, its reply and record.
+        let ack = match &e.vote.accepted {
+            Some(p) => Msg::ClaimAck {
+                rid,
+                from: me,
+                granted: true,
+                holder: Some(p.round),
+                round,
+                firm: false,
+                reply: Some(p.reply.clone()),
+                record: p.records.first().cloned(),
+            },
+            None => {
+                let record = e.op.as_ref().and_then(|op| op.user()).and_then(|u| self.dir.get(u)).cloned();
+                Msg::ClaimAck { rid, from: me, granted: true, holder: None, round, firm: false, reply: None, record }
+            }
+        };
+        if matches!(e.state, State::Claiming { .. }) {
+            self.log(format!("yielding {rid} to server {by} (round {round})"));
+        }
+        if let Some(e) = self.requests.get_mut(&rid) {
+            e.vote.round = round;
+            e.vote.holder = by;
+        }
+        self.set_state(now, rid, State::Following { holder: by, round });
+        ack
     }
 
     fn on_claim(&mut self, now: u64, rid: RequestId, by: ServerId, round: u32, op: Op, reply_to: SocketAddr) {
-        if !self.ready {
-            return; // a restarted server has forgotten its votes: it votes again once resynced
+        if round == 0 || round == DECIDED {
+            self.log(format!("dropped claim of {rid} by server {by}: bad round {round}"));
+            return;
         }
         if !self.requests.contains_key(&rid) {
             let rank = self.table.ranking(now, rid);
@@ -618,50 +762,82 @@ impl Node {
         self.send(Peer::Server(by), answer);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_claim_ack(
-        &mut self,
-        now: u64,
-        rid: RequestId,
-        from: ServerId,
-        granted: bool,
-        holder: Option<ServerId>,
-        their_round: u32,
-        firm: bool,
-        reply: Option<Reply>,
-    ) {
+    fn on_claim_ack(&mut self, now: u64, rid: RequestId, ack: Ack) {
         let me = self.cfg.id;
         let quorum = self.table.quorum();
-        let Some(e) = self.requests.get_mut(&rid) else { return };
-        let State::Claiming { round, votes, answered, .. } = &mut e.state else { return };
-        let round = *round;
-        answered.insert(from);
-        if let Some(reply) = reply {
-            self.log(format!("request {rid} was already answered by server {}: adopting that reply", reply.server));
-            self.finalize(now, rid, reply);
-            return;
-        }
-        if granted {
-            votes.insert(from);
-            if votes.len() + 1 >= quorum {
-                self.begin_execution(now, rid, round);
-            }
-            return;
-        }
-        let live = holder.filter(|&h| h != me && self.table.is_live(now, h));
-        match live {
-            Some(h) if firm || their_round > round || (their_round == round && h < me) => {
-                self.set_state(now, rid, State::Claimed { holder: h, round: their_round.max(round) });
-            }
-            Some(_) => {} // a higher id of my round: it yields to me when my claim reaches it
-            None if their_round >= round => {
-                // Promised to a dead holder or to a round of mine I no longer run: go higher.
-                if let Some(e) = self.requests.get_mut(&rid) {
-                    e.max_round = e.max_round.max(their_round);
+        if !ack.granted {
+            if let Some(reply) = ack.reply {
+                // The voter knows the decision: adopt it, whatever we are doing.
+                if let Some(record) = ack.record {
+                    self.apply_record(record);
                 }
-                self.start_claim(now, rid);
+                self.adopt(now, rid, reply, ack.from);
+                return;
             }
+        }
+        let Some(e) = self.requests.get_mut(&rid) else { return };
+        if !ack.granted && ack.round < DECIDED {
+            e.max_round = e.max_round.max(ack.round);
+        }
+        let State::Claiming { round, votes, answered, best, .. } = &mut e.state else { return };
+        let round = *round;
+        answered.insert(ack.from);
+        if ack.granted {
+            if ack.round != round {
+                return; // a vote for an earlier round of ours
+            }
+            match ack.reply {
+                Some(reply) => {
+                    // The voter accepted this proposal (in round `holder`): a candidate we must
+                    // propose if it is the highest-round one among our votes.
+                    let accepted_in = ack.holder.unwrap_or(0);
+                    if best.as_ref().is_none_or(|b| b.round < accepted_in) {
+                        *best = Some(Proposal { round: accepted_in, reply, records: ack.record.into_iter().collect() });
+                    }
+                }
+                None => {
+                    if let Some(record) = ack.record {
+                        if self.dir.apply(record) {
+                            self.dirty = true;
+                        }
+                    }
+                }
+            }
+            votes.insert(ack.from);
+            if votes.len() + 1 >= quorum {
+                self.on_quorum(now, rid);
+            }
+            return;
+        }
+        let live = ack.holder.filter(|&h| h != me && self.table.is_live(now, h));
+        match live {
+            // A higher round, or a lower id (or an executor) of our round: it goes first.
+            Some(h) if ack.round > round || (ack.round == round && (h < me || ack.firm)) => {
+                self.set_state(now, rid, State::Following { holder: h, round: ack.round });
+            }
+            // A lower round (it cannot commit past our promises) or a higher id of our round
+            // (it yields when our claim reaches it): keep claiming.
+            Some(_) => {}
+            // Promised to a dead holder, or to a round of ours we no longer run: go higher.
+            None if ack.round >= round => self.start_claim(now, rid),
             None => {}
+        }
+    }
+
+    /// A majority voted for our claim: propose the highest accepted proposal reported, or
+    /// execute the request if there is none.
+    fn on_quorum(&mut self, now: u64, rid: RequestId) {
+        let Some(State::Claiming { round, best, .. }) = self.requests.get(&rid).map(|e| &e.state) else { return };
+        let round = *round;
+        match best.clone() {
+            Some(p) => {
+                self.log(format!(
+                    "{rid}: proposing the reply of server {} accepted in round {}",
+                    p.reply.server, p.round
+                ));
+                self.propose(now, rid, Proposal { round, ..p });
+            }
+            None => self.begin_execution(now, rid, round),
         }
     }
 
@@ -679,43 +855,67 @@ impl Node {
             return;
         }
         let outcome = service::execute(&mut self.dir, self.cfg.id, rid, &op, reply_to, &mut self.rng);
-        if !outcome.changed.is_empty() {
-            self.dirty = true;
-        }
         let reply = Reply { rid, server: self.cfg.id, result: outcome.result };
-        self.commit(now, rid, round, reply, outcome.changed);
+        self.propose(now, rid, Proposal { round, reply, records: outcome.changed });
     }
 
     fn on_executed(&mut self, now: u64, rid: RequestId, result: Result<Answer, String>) {
         match self.requests.get(&rid).map(|e| &e.state) {
             Some(&State::Executing { round }) => {
                 let reply = Reply { rid, server: self.cfg.id, result };
-                self.commit(now, rid, round, reply, vec![]);
+                self.propose(now, rid, Proposal { round, reply, records: vec![] });
             }
             _ => self.log(format!("result of {rid} arrived after the request moved on; dropped")),
         }
     }
 
-    /// Sends the reply and the changed records to every server; the client gets the reply once
-    /// a majority accepts.
-    fn commit(&mut self, now: u64, rid: RequestId, round: u32, reply: Reply, records: Vec<UserRecord>) {
+    /// Accepts our own proposal and sends it to every server (Paxos accept).
+    fn propose(&mut self, now: u64, rid: RequestId, proposal: Proposal) {
+        let Some(e) = self.requests.get_mut(&rid) else { return };
+        e.vote.accepted = Some(proposal.clone());
         if self.table.quorum() <= 1 {
-            self.finalize(now, rid, reply);
+            self.decide(now, rid, proposal);
             return;
         }
-        let done = Msg::Done { rid, by: self.cfg.id, round, reply: reply.clone(), records: records.clone() };
-        self.to_servers(self.table.voters(), &done);
-        self.set_state(
-            now,
+        let done = Msg::Done {
             rid,
-            State::Committing { round, reply, records, acks: BTreeSet::new(), since: now, last: now },
-        );
+            by: self.cfg.id,
+            round: proposal.round,
+            reply: proposal.reply.clone(),
+            records: proposal.records.clone(),
+        };
+        self.multicast(self.table.voters(), &done);
+        self.set_state(now, rid, State::Accepting { proposal, acks: BTreeSet::new(), last: now });
     }
 
-    /// A commit is complete when a majority accepted it (safety) and every live server did, or
-    /// the claim timeout passed (so the next request sees the write on whichever server runs it).
-    fn commit_complete(&self, now: u64, rid: RequestId) -> bool {
-        let Some(State::Committing { acks, since, .. }) = self.requests.get(&rid).map(|e| &e.state) else {
+    /// A majority accepted `proposal`: it is decided. Apply it, announce it, answer the client
+    /// (now if nothing is written, else once a majority applied the records).
+    fn decide(&mut self, now: u64, rid: RequestId, proposal: Proposal) {
+        for record in proposal.records.clone() {
+            self.apply_record(record);
+        }
+        let replied = proposal.records.is_empty();
+        if replied {
+            self.reply_to_client(rid, &proposal.reply);
+        }
+        let decided = Msg::Done {
+            rid,
+            by: self.cfg.id,
+            round: DECIDED,
+            reply: proposal.reply.clone(),
+            records: proposal.records.clone(),
+        };
+        self.set_state(now, rid, State::Deciding { proposal, acks: BTreeSet::new(), since: now, last: now, replied });
+        self.multicast(self.table.voters(), &decided);
+        if self.decision_spread(now, rid) {
+            self.finish_decision(now, rid);
+        }
+    }
+
+    /// The decision is applied by a majority, and by every live server or the claim timeout
+    /// passed (so the next request sees the write on whichever server runs it).
+    fn decision_spread(&self, now: u64, rid: RequestId) -> bool {
+        let Some(State::Deciding { acks, since, .. }) = self.requests.get(&rid).map(|e| &e.state) else {
             return false;
         };
         if acks.len() + 1 < self.table.quorum() {
@@ -724,16 +924,51 @@ impl Node {
         now >= since + self.cfg.claim_timeout || self.table.live_others(now).iter().all(|p| acks.contains(p))
     }
 
-    fn finalize(&mut self, now: u64, rid: RequestId, reply: Reply) {
+    fn finish_decision(&mut self, now: u64, rid: RequestId) {
+        let Some(State::Deciding { proposal, replied, .. }) = self.requests.get(&rid).map(|e| &e.state) else { return };
+        let (reply, replied) = (proposal.reply.clone(), *replied);
+        if !replied {
+            self.reply_to_client(rid, &reply);
+        }
+        self.set_state(now, rid, State::Decided { reply });
+    }
+
+    fn reply_to_client(&mut self, rid: RequestId, reply: &Reply) {
         if let Some(addr) = self.requests.get(&rid).and_then(|e| e.reply_to) {
             self.send(Peer::Client(addr), Msg::Reply(reply.clone()));
         }
-        let by = if reply.server == self.cfg.id { self.cfg.id } else { reply.server };
-        self.set_state(now, rid, State::Done { reply, by });
     }
 
-    /// A commit arrived: accept it unless this server promised a later round. (A commit of
-    /// round r means its sender held a majority of round r, so nobody else can win round r.)
+    /// Records a decision learnt from another server (its announcement or its answer).
+    fn learn(&mut self, now: u64, rid: RequestId, reply: Reply, records: Vec<UserRecord>) {
+        for record in records.clone() {
+            self.apply_record(record);
+        }
+        self.requests.entry(rid).or_insert_with(|| Entry::new(None, None, now, vec![]));
+        let Some(e) = self.requests.get_mut(&rid) else { return };
+        if e.state.decided().is_some() {
+            return;
+        }
+        let round = e.vote.round;
+        e.vote.accepted = Some(Proposal { round, reply: reply.clone(), records });
+        self.set_state(now, rid, State::Decided { reply });
+    }
+
+    /// Adopts a decision reported by `from` instead of continuing our own claim or proposal.
+    fn adopt(&mut self, now: u64, rid: RequestId, reply: Reply, from: ServerId) {
+        let Some(e) = self.requests.get(&rid) else { return };
+        if e.state.decided().is_some() {
+            return;
+        }
+        let was_working = matches!(e.state, State::Claiming { .. } | State::Accepting { .. });
+        self.log(format!("{rid} was already decided (reply of server {}, told by {from}): adopting it", reply.server));
+        self.learn(now, rid, reply.clone(), vec![]);
+        if was_working {
+            self.reply_to_client(rid, &reply);
+        }
+    }
+
+    /// A proposal (Paxos accept) or a decision arrived; returns the acknowledgement.
     fn on_done(
         &mut self,
         now: u64,
@@ -744,41 +979,45 @@ impl Node {
         records: Vec<UserRecord>,
     ) -> Msg {
         let me = self.cfg.id;
-        let refuse = |holder: ServerId, round: u32, reply: Option<Reply>| Msg::DoneAck {
+        let ack = |accepted: bool, holder: Option<ServerId>, round: u32, reply: Option<Reply>| Msg::DoneAck {
             rid,
             from: me,
-            accepted: false,
-            holder: Some(holder),
+            accepted,
+            holder,
             round,
             reply,
         };
-        let accept = Msg::DoneAck { rid, from: me, accepted: true, holder: None, round, reply: None };
-        if !self.requests.contains_key(&rid) {
-            self.requests.insert(rid, Entry::new(None, None, now, vec![]));
+        if round == DECIDED {
+            self.learn(now, rid, reply, records);
+            return ack(true, None, DECIDED, None);
         }
-        let Some(e) = self.requests.get(&rid) else { return refuse(me, 0, None) };
-        let promised = match &e.state {
-            State::Done { reply: mine, by: d } => {
-                return if mine.server == reply.server { accept } else { refuse(*d, 0, Some(mine.clone())) };
-            }
-            State::Waiting => None,
-            State::Claimed { holder, round } => Some((*holder, *round)),
-            State::Claiming { round, .. } | State::Executing { round } | State::Committing { round, .. } => {
-                Some((me, *round))
-            }
+        if round == 0 {
+            return ack(false, None, 0, None);
+        }
+        self.requests.entry(rid).or_insert_with(|| Entry::new(None, None, now, vec![]));
+        let Some(e) = self.requests.get_mut(&rid) else { return ack(false, None, 0, None) };
+        if let Some(decided) = e.state.decided() {
+            return if *decided == reply {
+                ack(true, None, round, None)
+            } else {
+                ack(false, None, 0, Some(decided.clone()))
+            };
+        }
+        let executing_this_round = match &e.state {
+            State::Executing { round: r } => *r == round,
+            State::Accepting { proposal, .. } => proposal.round == round,
+            _ => false,
         };
-        if let Some((holder, r)) = promised {
-            if round < r {
-                return refuse(holder, r, None);
-            }
+        if round < e.vote.round || (round == e.vote.round && executing_this_round) {
+            let promised = e.vote.round;
+            let holder = self.requests.get(&rid).and_then(|e| self.promise_holder(e));
+            return ack(false, holder, promised, None);
         }
-        for record in records {
-            if self.dir.apply(record) {
-                self.dirty = true;
-            }
-        }
-        self.set_state(now, rid, State::Done { reply, by });
-        accept
+        e.vote.round = round;
+        e.vote.holder = by;
+        e.vote.accepted = Some(Proposal { round, reply, records });
+        self.set_state(now, rid, State::Following { holder: by, round });
+        ack(true, None, round, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -792,25 +1031,38 @@ impl Node {
         their_round: u32,
         reply: Option<Reply>,
     ) {
-        let Some(e) = self.requests.get_mut(&rid) else { return };
-        let State::Committing { round, reply: mine, acks, .. } = &mut e.state else { return };
-        if accepted {
-            acks.insert(from);
-            let mine = mine.clone();
-            if self.commit_complete(now, rid) {
-                self.finalize(now, rid, mine);
+        let me = self.cfg.id;
+        let quorum = self.table.quorum();
+        if !accepted {
+            if let Some(reply) = reply {
+                self.adopt(now, rid, reply, from);
+                return;
             }
-            return;
         }
-        let round = *round;
-        match (reply, holder) {
-            (Some(theirs), _) => {
-                self.log(format!("commit of {rid} refused: server {} answered it first", theirs.server));
-                self.finalize(now, rid, theirs);
+        let Some(e) = self.requests.get_mut(&rid) else { return };
+        match &mut e.state {
+            State::Accepting { proposal, acks, .. } if their_round == proposal.round && accepted => {
+                acks.insert(from);
+                if acks.len() + 1 >= quorum {
+                    let proposal = proposal.clone();
+                    self.decide(now, rid, proposal);
+                }
             }
-            (None, Some(h)) if their_round > round => {
-                self.log(format!("commit of {rid} refused: server {h} took it over in round {their_round}"));
-                self.set_state(now, rid, State::Claimed { holder: h, round: their_round });
+            State::Accepting { proposal, .. } if !accepted && their_round > proposal.round && their_round < DECIDED => {
+                // A majority may have promised a higher round: our proposal stays accepted here
+                // (the new holder learns it from our vote); we wait for that holder.
+                e.max_round = e.max_round.max(their_round);
+                self.log(format!("proposal for {rid} refused: round {their_round} is running"));
+                match holder.filter(|&h| h != me && self.table.is_live(now, h)) {
+                    Some(h) => self.set_state(now, rid, State::Following { holder: h, round: their_round }),
+                    None => self.rewait(now, rid),
+                }
+            }
+            State::Deciding { acks, .. } if their_round == DECIDED && accepted => {
+                acks.insert(from);
+                if self.decision_spread(now, rid) {
+                    self.finish_decision(now, rid);
+                }
             }
             _ => {}
         }
@@ -821,7 +1073,9 @@ impl Node {
         let held: Vec<RequestId> = self
             .active
             .iter()
-            .filter(|rid| matches!(self.requests.get(rid).map(|e| &e.state), Some(State::Claimed { holder, .. }) if *holder == s))
+            .filter(|rid| {
+                matches!(self.requests.get(rid).map(|e| &e.state), Some(State::Following { holder, .. }) if *holder == s)
+            })
             .copied()
             .collect();
         for rid in held {
@@ -844,9 +1098,10 @@ impl Node {
             self.active.remove(&rid);
             return;
         };
-        if now.saturating_sub(e.seen) > self.cfg.answer_ttl && matches!(e.state, State::Waiting | State::Claimed { .. })
+        if now.saturating_sub(e.seen) > self.cfg.answer_ttl
+            && matches!(e.state, State::Waiting | State::Following { .. })
         {
-            self.forget(now, rid);
+            self.forget(rid);
             return;
         }
         match e.state.clone() {
@@ -862,60 +1117,88 @@ impl Node {
                     None => self.rewait(now, rid),
                 }
             }
-            State::Claimed { holder, .. } => {
+            State::Following { holder, .. } => {
                 if !self.table.is_live(now, holder) {
                     self.rewait(now, rid);
                 }
             }
-            State::Claiming { round, votes, answered, since, last } => {
-                if now >= since + self.cfg.claim_timeout && answered.len() < self.table.voters().len() {
-                    // Whoever stays silent is suspected: it stops winning elections until heard.
+            State::Claiming { round, votes, answered, since, last, .. } => {
+                if now >= since + self.cfg.claim_timeout {
+                    // Whoever stayed silent since the claim began is suspected: it stops
+                    // winning elections until heard from again.
                     for p in self.table.voters() {
-                        if !answered.contains(&p) {
+                        if !answered.contains(&p) && !self.table.heard_since(p, since) {
                             self.table.suspect(p);
                         }
                     }
+                }
+                if votes.len() + 1 >= self.table.quorum() {
+                    self.on_quorum(now, rid);
+                    return;
                 }
                 if now >= last + self.cfg.retransmit {
                     if let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) {
                         let missing: Vec<ServerId> =
                             self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
-                        self.to_servers(missing, &Msg::Claim { rid, by: me, round, op, reply_to });
+                        self.multicast(missing, &Msg::Claim { rid, by: me, round, op, reply_to });
                     }
-                    if let Some(e) = self.requests.get_mut(&rid) {
-                        if let State::Claiming { last, .. } = &mut e.state {
-                            *last = now;
-                        }
-                    }
-                }
-                if votes.len() + 1 >= self.table.quorum() {
-                    self.begin_execution(now, rid, round);
+                    self.touch(rid, now);
                 }
             }
-            State::Committing { round, reply, records, acks, last, .. } => {
-                if self.commit_complete(now, rid) {
-                    self.finalize(now, rid, reply);
+            State::Accepting { proposal, acks, last } => {
+                if acks.len() + 1 >= self.table.quorum() {
+                    self.decide(now, rid, proposal);
                 } else if now >= last + self.cfg.retransmit {
                     let missing: Vec<ServerId> =
                         self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
-                    self.to_servers(
-                        missing,
-                        &Msg::Done { rid, by: me, round, reply: reply.clone(), records: records.clone() },
-                    );
-                    if let Some(e) = self.requests.get_mut(&rid) {
-                        if let State::Committing { last, .. } = &mut e.state {
-                            *last = now;
-                        }
-                    }
+                    let done = Msg::Done {
+                        rid,
+                        by: me,
+                        round: proposal.round,
+                        reply: proposal.reply,
+                        records: proposal.records,
+                    };
+                    self.multicast(missing, &done);
+                    self.touch(rid, now);
                 }
             }
-            State::Executing { .. } | State::Done { .. } => {}
+            State::Deciding { proposal, acks, last, .. } => {
+                if self.decision_spread(now, rid) {
+                    self.finish_decision(now, rid);
+                } else if now >= last + self.cfg.retransmit {
+                    let missing: Vec<ServerId> =
+                        self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
+                    let done =
+                        Msg::Done { rid, by: me, round: DECIDED, reply: proposal.reply, records: proposal.records };
+                    self.multicast(missing, &done);
+                    self.touch(rid, now);
+                }
+            }
+            State::Executing { .. } | State::Decided { .. } => {}
         }
     }
 
-    fn forget(&mut self, now: u64, rid: RequestId) {
-        self.set_state(now, rid, State::Done { reply: stale_reply(rid, self.cfg.id), by: self.cfg.id });
-        self.requests.remove(&rid);
+    /// Notes a retransmission time.
+    fn touch(&mut self, rid: RequestId, now: u64) {
+        if let Some(e) = self.requests.get_mut(&rid) {
+            match &mut e.state {
+                State::Claiming { last, .. } | State::Accepting { last, .. } | State::Deciding { last, .. } => {
+                    *last = now
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Drops an entry and its saved vote.
+    fn forget(&mut self, rid: RequestId) {
+        if let Some(e) = self.requests.remove(&rid) {
+            if let Some(h) = e.holder {
+                self.table.remove_work(h);
+            }
+        }
+        self.active.remove(&rid);
+        self.save_vote(rid);
     }
 
     fn evict(&mut self, now: u64) {
@@ -925,23 +1208,29 @@ impl Node {
                 break;
             }
             self.finished.pop_front();
-            if matches!(self.requests.get(&rid).map(|e| &e.state), Some(State::Done { .. })) {
-                self.requests.remove(&rid);
+            if matches!(self.requests.get(&rid).map(|e| &e.state), Some(State::Decided { .. })) {
+                self.forget(rid);
             }
         }
-        // Waiting entries beyond the bound (a flood of requests nobody claims) go too.
+        // Undecided entries beyond the bound (a flood of requests nobody claims) go too.
         while self.active.len() > self.cfg.answer_cache {
             let Some(rid) = self.active.iter().next().copied() else {
                 break;
             };
-            self.set_state(now, rid, State::Done { reply: stale_reply(rid, self.cfg.id), by: self.cfg.id });
-            self.requests.remove(&rid);
+            self.forget(rid);
         }
     }
 }
 
-fn stale_reply(rid: RequestId, me: ServerId) -> Reply {
-    Reply { rid, server: me, result: Err("forgotten".into()) }
+/// A `ClaimAck`'s fields.
+struct Ack {
+    from: ServerId,
+    granted: bool,
+    holder: Option<ServerId>,
+    round: u32,
+    firm: bool,
+    reply: Option<Reply>,
+    record: Option<UserRecord>,
 }
 
 /// The server id a server message says it is from, to check against the sender's address.
@@ -972,5 +1261,251 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Record { .. } => "Record",
         Msg::Token { .. } => "Token",
         Msg::TokenAck { .. } => "TokenAck",
+        Msg::Peer(_) => "Peer",
+        Msg::PeerAck { .. } => "PeerAck",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::protocol::Version;
+
+    const CLAIM_TIMEOUT: u64 = 300;
+
+    fn cfg(id: ServerId) -> NodeConfig {
+        NodeConfig {
+            id,
+            servers: vec![1, 2, 3],
+            failure_timeout: 3000,
+            claim_timeout: CLAIM_TIMEOUT,
+            retransmit: 40,
+            answer_cache: 100,
+            answer_ttl: 60_000,
+            policy: Policy::LeastLoad,
+            simulate_failures: false,
+            down_ms: 20_000,
+            up_ms: 10_000,
+            record_executions: true,
+        }
+    }
+
+    fn client() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 20_000))
+    }
+
+    fn rid() -> RequestId {
+        RequestId { client: 7, seq: 1 }
+    }
+
+    fn register() -> Op {
+        Op::Register { name: "alice".into() }
+    }
+
+    /// A node that has heard both others announce load 0 (so it is ready and ranks first).
+    fn node(id: ServerId) -> Node {
+        let mut n = Node::new(cfg(id), 0, Directory::default(), Rng::new(id as u64));
+        for s in [1, 2, 3].into_iter().filter(|&s| s != id) {
+            let load = Msg::Load { from: s, load: 0, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            n.step(1, Input::Message { from: Peer::Server(s), msg: load });
+        }
+        n
+    }
+
+    /// The same server restarted from what it saved.
+    fn restart(n: &Node, now: u64) -> Node {
+        Node::new(cfg(n.id()), now, n.directory().clone(), Rng::new(99))
+    }
+
+    fn from(n: &mut Node, now: u64, s: ServerId, msg: Msg) -> Vec<Msg> {
+        sent(n.step(now, Input::Message { from: Peer::Server(s), msg }))
+    }
+
+    fn sent(outs: Vec<Output>) -> Vec<Msg> {
+        outs.into_iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply(server: ServerId, token: &str) -> Reply {
+        let answer = Answer::Registered { user_id: 1, name: "alice".into(), token: token.into() };
+        Reply { rid: rid(), server, result: Ok(answer) }
+    }
+
+    fn record(server: ServerId, token: &str) -> UserRecord {
+        UserRecord {
+            name: "alice".into(),
+            user_id: 1,
+            token: token.into(),
+            addr: None,
+            online: false,
+            images: vec![],
+            version: Version { counter: 5, server },
+            created_by: rid(),
+            inbox: vec![],
+        }
+    }
+
+    fn done(by: ServerId, round: u32, token: &str) -> Msg {
+        Msg::Done { rid: rid(), by, round, reply: reply(by, token), records: vec![record(by, token)] }
+    }
+
+    fn claim(by: ServerId, round: u32) -> Msg {
+        Msg::Claim { rid: rid(), by, round, op: register(), reply_to: client() }
+    }
+
+    fn grant(from: ServerId, round: u32) -> Msg {
+        Msg::ClaimAck { rid: rid(), from, granted: true, holder: None, round, firm: false, reply: None, record: None }
+    }
+
+    /// Node 1 wins the client's request and claims it in round 1.
+    fn claiming_node() -> Node {
+        let mut n = node(1);
+        let out = sent(n.step(
+            2,
+            Input::Message { from: Peer::Client(client()), msg: Msg::Request { rid: rid(), op: register() } },
+        ));
+        assert!(out.iter().any(|m| matches!(m, Msg::Claim { round: 1, .. })), "{out:?}");
+        n
+    }
+
+    fn proposals(out: &[Msg]) -> Vec<(u32, Reply)> {
+        out.iter()
+            .filter_map(|m| match m {
+                Msg::Done { round, reply, .. } => Some((*round, reply.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_server_still_answers_claims_with_the_decided_reply() {
+        let mut n = node(1);
+        from(&mut n, 5, 2, claim(2, 1));
+        assert!(matches!(from(&mut n, 6, 2, done(2, 1, "t2"))[0], Msg::DoneAck { accepted: true, .. }));
+        from(&mut n, 7, 2, done(2, DECIDED, "t2"));
+        let mut r = restart(&n, 100);
+        // A server that missed everything claims in a higher round: it must learn the decision.
+        let out = from(&mut r, 101, 3, claim(3, 2));
+        assert!(
+            matches!(&out[0], Msg::ClaimAck { granted: false, reply: Some(rep), .. } if *rep == reply(2, "t2")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_server_reports_what_it_accepted_and_keeps_its_promises() {
+        let mut n = node(1);
+        from(&mut n, 5, 2, claim(2, 1));
+        from(&mut n, 6, 2, done(2, 1, "t2"));
+        let mut r = restart(&n, 100);
+        let out = from(&mut r, 101, 3, claim(3, 2));
+        assert!(
+            matches!(&out[0], Msg::ClaimAck { granted: true, round: 2, holder: Some(1), reply: Some(rep), .. } if *rep == reply(2, "t2")),
+            "the vote reports the accepted proposal and its round: {out:?}"
+        );
+        let mut r = restart(&r, 200);
+        let out = from(&mut r, 201, 2, done(2, 1, "t2"));
+        assert!(matches!(out[0], Msg::DoneAck { accepted: false, round: 2, .. }), "round 2 was promised: {out:?}");
+        let out = from(&mut r, 202, 2, claim(2, 2));
+        assert!(matches!(out[0], Msg::ClaimAck { granted: false, holder: Some(3), .. }), "one vote per round: {out:?}");
+    }
+
+    #[test]
+    fn an_abandoned_execution_writes_nothing() {
+        let mut n = claiming_node();
+        let out = from(&mut n, 3, 2, grant(2, 1));
+        assert_eq!(proposals(&out).len(), 2, "executed and proposed to both: {out:?}");
+        assert!(n.directory().get("alice").is_none(), "nothing is written before the decision");
+        let refusal = Msg::DoneAck { rid: rid(), from: 2, accepted: false, holder: Some(3), round: 5, reply: None };
+        from(&mut n, 4, 2, refusal);
+        assert!(n.directory().get("alice").is_none());
+        // Server 3 decides its own execution: that is the record everybody keeps.
+        from(&mut n, 10, 3, done(3, DECIDED, "t3"));
+        assert_eq!(n.directory().get("alice").map(|r| r.token.as_str()), Some("t3"));
+    }
+
+    #[test]
+    fn a_claimer_proposes_the_reported_accepted_reply_instead_of_executing() {
+        let mut n = claiming_node();
+        let report = Msg::ClaimAck {
+            rid: rid(),
+            from: 2,
+            granted: true,
+            holder: Some(1),
+            round: 1,
+            firm: false,
+            reply: Some(reply(3, "t3")),
+            record: Some(record(3, "t3")),
+        };
+        let out = from(&mut n, 3, 2, report);
+        assert_eq!(proposals(&out), vec![(1, reply(3, "t3")); 2], "{out:?}");
+        assert!(n.executions.is_empty(), "no second execution");
+    }
+
+    #[test]
+    fn a_late_vote_for_an_earlier_round_does_not_count() {
+        let mut n = claiming_node();
+        // Server 2 promised round 1 to server 3, which is silent: claim higher.
+        let refusal = Msg::ClaimAck {
+            rid: rid(),
+            from: 2,
+            granted: false,
+            holder: None,
+            round: 1,
+            firm: false,
+            reply: None,
+            record: None,
+        };
+        let out = from(&mut n, 3, 2, refusal);
+        assert!(out.iter().any(|m| matches!(m, Msg::Claim { round: 2, .. })), "{out:?}");
+        assert!(proposals(&from(&mut n, 4, 3, grant(3, 1))).is_empty(), "a vote for round 1 is not one for round 2");
+        assert_eq!(proposals(&from(&mut n, 5, 3, grant(3, 2))).len(), 2);
+    }
+
+    #[test]
+    fn a_majority_of_acceptances_decides_whatever_comes_later() {
+        let mut n = claiming_node();
+        from(&mut n, 3, 2, grant(2, 1));
+        let accepted = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
+        let out = from(&mut n, 4, 2, accepted);
+        assert!(proposals(&out).iter().all(|(r, _)| *r == DECIDED) && !out.is_empty(), "{out:?}");
+        assert!(n.directory().get("alice").is_some(), "the decider applies the write");
+        let refusal = Msg::DoneAck { rid: rid(), from: 3, accepted: false, holder: Some(3), round: 7, reply: None };
+        from(&mut n, 5, 3, refusal);
+        let ack = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: DECIDED, reply: None };
+        let out = n.step(6, Input::Message { from: Peer::Server(2), msg: ack });
+        let out = [sent(out), sent(n.tick(6 + CLAIM_TIMEOUT))].concat();
+        assert!(out.iter().any(|m| matches!(m, Msg::Reply(r) if r.server == 1)), "the client is answered: {out:?}");
+    }
+
+    #[test]
+    fn a_claimer_does_not_wait_for_a_lower_round() {
+        let mut n = claiming_node();
+        let refusal = Msg::ClaimAck {
+            rid: rid(),
+            from: 2,
+            granted: false,
+            holder: Some(2),
+            round: 0,
+            firm: true,
+            reply: None,
+            record: None,
+        };
+        from(&mut n, 3, 2, refusal);
+        assert_eq!(proposals(&from(&mut n, 4, 3, grant(3, 1))).len(), 2, "still claiming round 1");
+    }
+
+    #[test]
+    fn only_servers_silent_since_the_claim_are_suspected() {
+        let mut n = claiming_node();
+        let load = Msg::Load { from: 3, load: 0, work: 0, digest: 0, epoch: 13, token: false };
+        from(&mut n, 100, 3, load);
+        n.tick(2 + CLAIM_TIMEOUT);
+        assert!(n.table.is_live(2 + CLAIM_TIMEOUT, 3), "server 3 spoke after the claim began");
+        assert!(!n.table.is_live(2 + CLAIM_TIMEOUT, 2), "server 2 has been silent since");
     }
 }

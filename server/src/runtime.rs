@@ -44,9 +44,12 @@ pub struct Options {
 }
 
 /// What the node loop reacts to.
+#[allow(clippy::large_enum_variant)] // moved once through the queue
 pub enum Event {
     /// A node input (datagram, load sample, worker result, operator command).
     Node(Input),
+    /// A peer acknowledged a message the cloud relayed.
+    PeerAck(SocketAddr, u64),
     /// A transfer datagram from `from`.
     Xfer(SocketAddr, common::transfer::TransferMsg),
     /// A worker finished hiding an image for `client`.
@@ -126,6 +129,7 @@ fn spawn_receiver(
                 },
             };
             let ev = match (frame, peer) {
+                (Frame::Ctl(Msg::PeerAck { id, .. }), Peer::Client(addr)) => Event::PeerAck(addr, id),
                 (Frame::Ctl(msg), from) => Event::Node(Input::Message { from, msg }),
                 (Frame::Xfer(x), Peer::Client(addr)) => Event::Xfer(addr, x),
                 (Frame::Xfer(_), Peer::Server(_)) => {
@@ -262,6 +266,7 @@ impl Shell {
                         self.apply(node, services, now, outs);
                     }
                     Event::Xfer(from, msg) => services.on_transfer(now, from, msg),
+                    Event::PeerAck(from, id) => services.on_peer_ack(from, id),
                     Event::Worked { rid, client, result } => services.on_worked(now, rid, client, result),
                     Event::PrintStatus => println!("{}", status_table(node, now)),
                     Event::Shutdown => {

@@ -1,7 +1,8 @@
 //! Heavy requests, done outside the node: for `Encrypt` the server that won the request tells
 //! the client where to send the image (`Accepted`), receives it by reliable transfer, checks
 //! it decodes, hides it in a cover on the worker pool, streams the stego PNG back by transfer
-//! and reports the answer to the node, which commits it like any other.
+//! and reports the answer to the node, which commits it like any other. For `Relay` it tries
+//! to reach a peer the sender could not, and reports whether the peer acknowledged.
 
 use crate::node::Input;
 use crate::pool::Pool;
@@ -18,6 +19,18 @@ use std::time::Duration;
 
 /// How often `Accepted` is resent until the upload starts, ms.
 pub const ACCEPT_RESEND_MS: u64 = 100;
+/// Tries the cloud makes to reach a peer for a relayed message.
+pub const RELAY_TRIES: u32 = 3;
+/// Wait for the peer's acknowledgement between tries, ms.
+pub const RELAY_TRY_MS: u64 = 200;
+
+struct Relay {
+    rid: RequestId,
+    to: SocketAddr,
+    msg: Msg,
+    tries: u32,
+    last: u64,
+}
 
 struct Job {
     rid: RequestId,
@@ -37,6 +50,7 @@ pub struct Services {
     max_payload: usize,
     transfers: Transfers<SocketAddr>,
     jobs: HashMap<u64, Job>,
+    relays: HashMap<u64, Relay>,
     inputs: Vec<Input>,
 }
 
@@ -62,6 +76,7 @@ impl Services {
             max_payload: opts.cfg.max_payload,
             transfers: Transfers::new(transfer_config(&opts.cfg)),
             jobs: HashMap::new(),
+            relays: HashMap::new(),
             inputs: Vec::new(),
         }
     }
@@ -91,6 +106,12 @@ impl Services {
 
     /// The node won a heavy request: start it.
     pub fn execute(&mut self, now: u64, rid: RequestId, op: Op, client: SocketAddr) {
+        if let Op::Relay { envelope, addr } = op {
+            let msg = Msg::Peer(envelope.clone());
+            self.send_ctl(addr, &msg);
+            self.relays.insert(envelope.id, Relay { rid, to: addr, msg, tries: 1, last: now });
+            return;
+        }
         let Op::Encrypt { len } = op else {
             self.inputs.push(Input::Executed { rid, result: Err(format!("{} is not a worker operation", op.kind())) });
             return;
@@ -118,6 +139,15 @@ impl Services {
         }
         self.transfers.step(now, from, msg);
         self.flush();
+    }
+
+    /// A peer acknowledged a relayed message.
+    pub fn on_peer_ack(&mut self, from: SocketAddr, id: u64) {
+        if self.relays.get(&id).is_some_and(|r| r.to == from) {
+            if let Some(r) = self.relays.remove(&id) {
+                self.inputs.push(Input::Executed { rid: r.rid, result: Ok(Answer::Relayed { delivered: true }) });
+            }
+        }
     }
 
     /// A worker finished hiding an image.
@@ -150,6 +180,21 @@ impl Services {
             })
             .collect();
         for (to, msg) in resend {
+            self.send_ctl(to, &msg);
+        }
+        let due: Vec<u64> =
+            self.relays.iter().filter(|(_, r)| now >= r.last + RELAY_TRY_MS).map(|(&id, _)| id).collect();
+        for id in due {
+            let Some(r) = self.relays.get_mut(&id) else { continue };
+            if r.tries >= RELAY_TRIES {
+                if let Some(r) = self.relays.remove(&id) {
+                    self.inputs.push(Input::Executed { rid: r.rid, result: Ok(Answer::Relayed { delivered: false }) });
+                }
+                continue;
+            }
+            r.tries += 1;
+            r.last = now;
+            let (to, msg) = (r.to, r.msg.clone());
             self.send_ctl(to, &msg);
         }
         self.flush();

@@ -1,0 +1,360 @@
+//! The peer engine: a thread that answers other users while the prompt waits on stdin, and runs
+//! the prompt's peer commands. It drives the peer link (acks, three tries) and a transfer
+//! multiplexer for peer-to-peer payloads (galleries, images); a message no direct try gets
+//! through is handed to the cloud, which relays it or buffers it for the offline recipient.
+
+use crate::cloud::{Cloud, Incoming};
+use crate::peer::{LinkEvent, PeerLink};
+use crate::sharing::{self, Sharing};
+use crate::store::{Identity, Store};
+use common::protocol::{encode_msg, encode_xfer, Answer, Envelope, Op, PeerBody};
+use common::rights::{decode_gallery, encode_gallery, GalleryItem};
+use common::rng::Rng;
+use common::transfer::{TransferConfig, TransferEvent, Transfers};
+use crossbeam_channel::{after, select, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest gallery accepted from a peer.
+pub const MAX_GALLERY: usize = 16 * 1024 * 1024;
+
+/// A reply channel for a command's outcome.
+pub type Reply<T> = Sender<Result<T, String>>;
+
+/// What the prompt asks the engine to do.
+pub enum Command {
+    /// Fetch `user`'s gallery from `addr`.
+    Gallery { user: String, addr: SocketAddr, reply: Reply<Vec<GalleryItem>> },
+    /// Send `body` to `user` (at `addr` if online), falling back to the cloud.
+    Send { user: String, addr: Option<SocketAddr>, body: PeerBody, reply: Reply<String> },
+    /// Apply messages the cloud buffered while we were offline, in order.
+    Apply { envelopes: Vec<Envelope>, reply: Reply<()> },
+    /// Send an approved image (stego PNG with rights embedded) to `user` at `addr`.
+    Deliver {
+        user: String,
+        addr: SocketAddr,
+        image_id: String,
+        views: u32,
+        version: u64,
+        png: Vec<u8>,
+        reply: Reply<String>,
+    },
+}
+
+/// Everything the engine works with.
+pub struct EngineCtx {
+    /// Who we are.
+    pub me: Identity,
+    /// Our data folder.
+    pub store: Store,
+    /// The cloud (shared with the prompt).
+    pub cloud: Arc<Mutex<Cloud>>,
+    /// Owner-side sharing state (shared with the prompt).
+    pub sharing: Arc<Mutex<Sharing>>,
+    /// Socket to send with.
+    pub sock: UdpSocket,
+    /// Peer traffic from the receive thread.
+    pub incoming: Receiver<Incoming>,
+    /// Transfer settings.
+    pub transfer: TransferConfig,
+}
+
+/// A handle on the running engine.
+pub struct Engine {
+    tx: Sender<Command>,
+}
+
+impl Engine {
+    /// Starts the engine thread.
+    pub fn start(ctx: EngineCtx) -> Result<Engine, String> {
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new()
+            .name("peer-engine".into())
+            .spawn(move || State::new(ctx).run(rx))
+            .map_err(|e| e.to_string())?;
+        Ok(Engine { tx })
+    }
+
+    /// Runs a command and waits (at most `timeout`) for its outcome.
+    pub fn ask<T>(&self, timeout: Duration, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
+        let (tx, rx) = unbounded();
+        self.tx.send(make(tx)).map_err(|_| "the peer engine stopped".to_string())?;
+        rx.recv_timeout(timeout).map_err(|_| "no outcome in time".to_string())?
+    }
+}
+
+struct State {
+    ctx: EngineCtx,
+    link: PeerLink,
+    transfers: Transfers<SocketAddr>,
+    start: Instant,
+    rng: Rng,
+    sends: HashMap<u64, (String, Reply<String>)>,
+    deliver_offers: HashMap<u64, (SocketAddr, u64, Vec<u8>, Reply<String>)>,
+    deliver_to: HashMap<u64, String>,
+    deliver_sending: HashMap<u64, Reply<String>>,
+    galleries: HashMap<u64, Reply<Vec<GalleryItem>>>,
+    gallery_asks: HashMap<u64, u64>,
+    incoming_images: HashMap<u64, (String, String)>,
+}
+
+fn notice(line: &str) {
+    println!("notice: {line}");
+}
+
+impl State {
+    fn new(ctx: EngineCtx) -> Self {
+        let mut rng = Rng::from_entropy();
+        let link = PeerLink::new(&ctx.me.name, rng.next_u64());
+        let transfers = Transfers::new(ctx.transfer.clone());
+        State {
+            ctx,
+            link,
+            transfers,
+            start: Instant::now(),
+            rng,
+            sends: HashMap::new(),
+            deliver_offers: HashMap::new(),
+            deliver_sending: HashMap::new(),
+            deliver_to: HashMap::new(),
+            galleries: HashMap::new(),
+            gallery_asks: HashMap::new(),
+            incoming_images: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        let incoming = self.ctx.incoming.clone();
+        loop {
+            select! {
+                recv(incoming) -> m => match m {
+                    Ok(Incoming::Ctl(from, msg)) => self.link.on_message(from, msg),
+                    Ok(Incoming::Xfer(from, x)) => { let now = self.now(); self.transfers.step(now, from, x) }
+                    Err(_) => return,
+                },
+                recv(commands) -> c => match c {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => return,
+                },
+                recv(after(Duration::from_millis(5))) -> _ => {},
+            }
+            let now = self.now();
+            self.link.tick(now);
+            self.transfers.tick(now);
+            while let Some(ev) = self.link.poll_event() {
+                self.link_event(ev);
+            }
+            while let Some(ev) = self.transfers.poll_event() {
+                self.transfer_event(ev);
+            }
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        for (to, msg) in self.link.drain_out() {
+            let _ = self.ctx.sock.send_to(&encode_msg(&msg), to);
+        }
+        while let Some((to, m)) = self.transfers.poll_send() {
+            let _ = self.ctx.sock.send_to(&encode_xfer(&m), to);
+        }
+    }
+
+    fn envelope(&mut self, to: &str, body: PeerBody) -> Envelope {
+        Envelope { id: self.link.next_id(), from: self.ctx.me.name.clone(), to: to.into(), body }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Gallery { user, addr, reply } => {
+                let transfer = self.rng.next_u64();
+                if let Err(e) = self.transfers.expect(now, transfer, addr, MAX_GALLERY) {
+                    let _ = reply.send(Err(e.to_string()));
+                    return;
+                }
+                let env = self.envelope(&user, PeerBody::GalleryRequest { transfer });
+                self.gallery_asks.insert(env.id, transfer);
+                self.galleries.insert(transfer, reply);
+                self.link.send(now, addr, env);
+            }
+            Command::Send { user, addr, body, reply } => {
+                let env = self.envelope(&user, body);
+                match addr {
+                    Some(a) => {
+                        self.sends.insert(env.id, (user, reply));
+                        self.link.send(now, a, env);
+                    }
+                    None => {
+                        let outcome = self.through_cloud(env, None);
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            Command::Apply { envelopes, reply } => {
+                let from = SocketAddr::from(([0, 0, 0, 0], 0));
+                for env in envelopes {
+                    if env.to == self.ctx.me.name {
+                        self.incoming(now, from, env);
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::Deliver { user, addr, image_id, views, version, png, reply } => {
+                let transfer = self.rng.next_u64();
+                let len = png.len() as u64;
+                self.deliver_to.insert(transfer, user.clone());
+                let env = self.envelope(&user, PeerBody::Deliver { image_id, views, version, transfer, len });
+                self.deliver_offers.insert(env.id, (addr, transfer, png, reply));
+                self.link.send(now, addr, env);
+            }
+        }
+    }
+
+    /// The cloud relays the message, or buffers it when the recipient cannot be reached.
+    fn through_cloud(&mut self, env: Envelope, addr: Option<SocketAddr>) -> Result<String, String> {
+        let to = env.to.clone();
+        let mut cloud = self.ctx.cloud.lock();
+        if let Some(addr) = addr {
+            let relayed = cloud.call(Op::Relay { envelope: env.clone(), addr }, None)?.reply.result?;
+            if relayed == (Answer::Relayed { delivered: true }) {
+                return Ok(format!("delivered to {to} (through the cloud)"));
+            }
+        }
+        let op = Op::Buffer { name: self.ctx.me.name.clone(), token: self.ctx.me.token.clone(), envelope: env };
+        match cloud.call(op, None)?.reply.result? {
+            Answer::Buffered => Ok(format!("queued for {to} (offline)")),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        let now = self.now();
+        match ev {
+            LinkEvent::Delivered { id } => {
+                if let Some((user, reply)) = self.sends.remove(&id) {
+                    let _ = reply.send(Ok(format!("delivered to {user}")));
+                } else if let Some((addr, transfer, png, reply)) = self.deliver_offers.remove(&id) {
+                    match self.transfers.send(now, transfer, addr, png) {
+                        Ok(()) => {
+                            self.deliver_sending.insert(transfer, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+                self.gallery_asks.remove(&id);
+            }
+            LinkEvent::Failed { envelope } => {
+                let id = envelope.id;
+                if let Some((user, reply)) = self.sends.remove(&id) {
+                    let addr = self.failed_addr(&user);
+                    let outcome = self.through_cloud(envelope, addr);
+                    let _ = reply.send(outcome);
+                } else if let Some((_, _, _, reply)) = self.deliver_offers.remove(&id) {
+                    let _ = reply.send(Err(format!("{} does not answer; the request stays pending", envelope.to)));
+                } else if let Some(transfer) = self.gallery_asks.remove(&id) {
+                    self.transfers.cancel(transfer);
+                    if let Some(reply) = self.galleries.remove(&transfer) {
+                        let _ = reply.send(Err(format!("{} does not answer", envelope.to)));
+                    }
+                }
+            }
+            LinkEvent::Incoming { from, envelope } => self.incoming(now, from, envelope),
+        }
+    }
+
+    /// The address the directory gives for `user` now, for the cloud to try.
+    fn failed_addr(&mut self, user: &str) -> Option<SocketAddr> {
+        let mut cloud = self.ctx.cloud.lock();
+        match cloud.call(Op::Lookup { name: user.into() }, None).ok()?.reply.result {
+            Ok(Answer::User(u)) if u.online => u.addr,
+            _ => None,
+        }
+    }
+
+    fn incoming(&mut self, now: u64, from: SocketAddr, env: Envelope) {
+        let who = env.from.clone();
+        match env.body {
+            PeerBody::GalleryRequest { transfer } => {
+                let items: Vec<GalleryItem> = self
+                    .ctx
+                    .store
+                    .images()
+                    .into_iter()
+                    .filter_map(|id| {
+                        let p = self.ctx.store.root().join("previews").join(format!("{id}.png"));
+                        std::fs::read(p).ok().map(|preview_png| GalleryItem { image_id: id, preview_png })
+                    })
+                    .collect();
+                let _ = self.transfers.send(now, transfer, from, encode_gallery(&items));
+            }
+            PeerBody::ImageRequest { image_id, views, more } => {
+                if !self.ctx.store.images().contains(&image_id) {
+                    let body = PeerBody::Rejected { image_id, reason: "no such image".into() };
+                    let reply_env = self.envelope(&who, body);
+                    self.link.send(now, from, reply_env);
+                    return;
+                }
+                let mut sharing = self.ctx.sharing.lock();
+                let n = sharing.add_request(&who, &image_id, views, more);
+                let _ = sharing.save(&self.ctx.store);
+                let what = if more { "more views of " } else { "" };
+                notice(&format!("{who} asks for {what}{image_id} with {views} views: `approve {n}` or `reject {n}`"));
+            }
+            PeerBody::Rejected { image_id, reason } => {
+                notice(&format!("{who} rejected your request for {image_id}: {reason}"))
+            }
+            PeerBody::Deliver { image_id, transfer, len, .. } => {
+                if self.transfers.expect(now, transfer, from, len as usize).is_ok() {
+                    self.incoming_images.insert(transfer, (who, image_id));
+                }
+            }
+            PeerBody::Rights { image_id, views, version } => {
+                match sharing::apply_rights(&self.ctx.store, &who, &image_id, views, version) {
+                    Ok(Some(what)) => notice(&what),
+                    Ok(None) => {}
+                    Err(e) => notice(&format!("could not apply {who}'s update of {image_id}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn transfer_event(&mut self, ev: TransferEvent<SocketAddr>) {
+        match ev {
+            TransferEvent::Received { id, payload, .. } => {
+                if let Some(reply) = self.galleries.remove(&id) {
+                    let _ = reply.send(decode_gallery(&payload).map_err(|e| e.to_string()));
+                } else if let Some((owner, image_id)) = self.incoming_images.remove(&id) {
+                    match sharing::store_delivery(&self.ctx.store, &self.ctx.me.name, &owner, &image_id, &payload) {
+                        Ok(r) => notice(&format!("received {image_id} from {owner} with {} views", r.views)),
+                        Err(e) => notice(&format!("refused the image from {owner}: {e}")),
+                    }
+                }
+            }
+            TransferEvent::Sent { id, to } => {
+                if let Some(reply) = self.deliver_sending.remove(&id) {
+                    let who = self.deliver_to.remove(&id).unwrap_or_else(|| to.to_string());
+                    let _ = reply.send(Ok(format!("delivered to {who}")));
+                }
+            }
+            TransferEvent::Failed { id, reason, .. } => {
+                if let Some(reply) = self.galleries.remove(&id) {
+                    let _ = reply.send(Err(format!("gallery transfer failed: {reason}")));
+                } else if let Some(reply) = self.deliver_sending.remove(&id) {
+                    let _ = reply.send(Err(format!("image transfer failed: {reason}; the request stays pending")));
+                }
+                self.incoming_images.remove(&id);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Helpers shared by the end-to-end tests: build the binaries once, start a cluster in a
+//! folder of its own (distinct free ports, so tests run in parallel), drive real client
+//! processes through their stdin and read their `ok:`/`error:` lines.
+
+#![allow(dead_code)]
+
+use client::launch::{sibling_binary, Cluster};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Builds the server, client and bench binaries once per test process, in this profile.
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release =
+            std::env::current_exe().map(|p| p.components().any(|c| c.as_os_str() == "release")).unwrap_or(false);
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "server", "-p", "client", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo runs");
+        assert!(st.success(), "building the binaries failed");
+    });
+}
+
+/// A fresh folder for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("imgcloud-e2e-{name}-{}", std::process::id()))
+}
+
+/// A started, ready cluster of `n` servers.
+pub fn cluster(name: &str, n: u32) -> Cluster {
+    ensure_built();
+    let mut c = Cluster::new(&test_dir(name), n, |cfg| {
+        cfg.images_dir = std::fs::canonicalize("images").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    })
+    .expect("cluster config");
+    c.start_all().expect("servers start");
+    c.wait_ready(Duration::from_secs(20)).expect("cluster ready");
+    c
+}
+
+/// A client process driven through its stdin.
+pub struct ClientProc {
+    /// The process.
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every line it printed so far.
+    pub seen: Vec<String>,
+}
+
+impl ClientProc {
+    /// Starts `client --name NAME` against the cluster, with its data folder in the test folder.
+    pub fn start(cluster: &Cluster, name: &str) -> ClientProc {
+        ensure_built();
+        let bin = sibling_binary("client").expect("client binary");
+        let mut child = Command::new(bin)
+            .args(["--name", name, "--config"])
+            .arg(&cluster.config_path)
+            .arg("--data")
+            .arg(cluster.dir.join(format!("client-{name}")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ClientProc { child, stdin, lines: rx, seen: vec![] }
+    }
+
+    /// Sends one or more command lines.
+    pub fn send(&mut self, cmds: &str) {
+        if let Some(s) = self.stdin.as_mut() {
+            s.write_all(cmds.as_bytes()).expect("client stdin");
+            if !cmds.ends_with('\n') {
+                s.write_all(b"\n").expect("client stdin");
+            }
+            s.flush().expect("flush");
+        }
+    }
+
+    /// Waits for the next `ok:` or `error:` line (other lines are kept in `seen`).
+    pub fn result(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.starts_with("ok:") || line.starts_with("error:") {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Runs one command and returns its result line.
+    pub fn run(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.result(Duration::from_secs(30)).unwrap_or_else(|| panic!("no answer to {cmd:?}; saw {:?}", self.seen))
+    }
+
+    /// Closes stdin (the client signs out and exits) and waits.
+    pub fn finish(mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+
+    /// SIGKILLs the client (no sign-out).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
