@@ -52,29 +52,21 @@ impl Vote {
 pub struct Directory {
     users: BTreeMap<String, UserRecord>,
     clock: u64,
-    #[serde(default, with = "vote_list")]
+    /// Saved apart, as an append-only log (see `store.rs`): rewriting them all on every vote
+    /// made each request cost a rewrite of a growing file.
+    #[serde(skip)]
     votes: BTreeMap<RequestId, Vote>,
+    /// Vote changes not yet saved (`None`: the vote was dropped).
+    #[serde(skip)]
+    journal: Vec<(RequestId, Option<Vote>)>,
+    /// True when a user record changed since the last save.
+    #[serde(skip)]
+    users_changed: bool,
 }
 
 impl PartialEq for Directory {
     fn eq(&self, other: &Self) -> bool {
         self.users == other.users
-    }
-}
-
-/// Votes are saved as a list of (request, vote) pairs: JSON map keys must be strings.
-mod vote_list {
-    use super::Vote;
-    use common::protocol::RequestId;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::collections::BTreeMap;
-
-    pub fn serialize<S: Serializer>(votes: &BTreeMap<RequestId, Vote>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(votes.iter())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<RequestId, Vote>, D::Error> {
-        Ok(Vec::<(RequestId, Vote)>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -106,6 +98,7 @@ impl Directory {
         self.clock = self.clock.max(rec.version.counter);
         let Some(old) = self.users.get(&rec.name) else {
             self.users.insert(rec.name.clone(), rec);
+            self.users_changed = true;
             return true;
         };
         let (mut merged, other) = if rec.version > old.version { (rec, old.clone()) } else { (old.clone(), rec) };
@@ -114,6 +107,7 @@ impl Directory {
             return false;
         }
         self.users.insert(merged.name.clone(), merged);
+        self.users_changed = true;
         true
     }
 
@@ -161,13 +155,40 @@ impl Directory {
     /// Saves the vote for `rid` (an empty vote removes it); returns true if anything changed.
     pub fn set_vote(&mut self, rid: RequestId, vote: &Vote) -> bool {
         if vote.is_empty() {
-            return self.votes.remove(&rid).is_some();
+            if self.votes.remove(&rid).is_none() {
+                return false;
+            }
+            self.journal.push((rid, None));
+            return true;
         }
         if self.votes.get(&rid) == Some(vote) {
             return false;
         }
         self.votes.insert(rid, vote.clone());
+        self.journal.push((rid, Some(vote.clone())));
         true
+    }
+
+    /// Vote changes since the last call, to append to the vote log.
+    pub fn take_journal(&mut self) -> Vec<(RequestId, Option<Vote>)> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// True once if a user record changed since the last call (the snapshot must be rewritten).
+    pub fn take_users_changed(&mut self) -> bool {
+        std::mem::take(&mut self.users_changed)
+    }
+
+    /// Restores saved votes at start (and moves the clock past every version they hold).
+    pub fn restore_votes(&mut self, votes: impl IntoIterator<Item = (RequestId, Vote)>) {
+        for (rid, vote) in votes {
+            if let Some(p) = &vote.accepted {
+                for r in &p.records {
+                    self.clock = self.clock.max(r.version.counter);
+                }
+            }
+            self.votes.insert(rid, vote);
+        }
     }
 
     /// A hash of every (name, version): equal digests mean equal directories.
@@ -230,25 +251,29 @@ mod tests {
     }
 
     #[test]
-    fn votes_are_saved_but_not_compared() {
+    fn votes_are_journaled_not_snapshotted_nor_compared() {
         let rid = RequestId { client: 9, seq: 3 };
         let reply = Reply { rid, server: 2, result: Err("x".into()) };
         let vote = Vote {
             round: 2,
             holder: 3,
-            accepted: Some(Proposal { round: 1, reply, records: vec![rec("a", 1, 2, true)] }),
+            accepted: Some(Proposal { round: 1, reply, records: vec![rec("a", 7, 2, true)] }),
             decided: false,
         };
         let mut d = Directory::default();
         assert!(d.set_vote(rid, &vote));
         assert!(!d.set_vote(rid, &vote), "unchanged");
+        assert_eq!(d.take_journal(), vec![(rid, Some(vote.clone()))]);
+        assert!(d.take_journal().is_empty());
         let json = serde_json::to_vec(&d).unwrap();
-        let back: Directory = serde_json::from_slice(&json).unwrap();
+        let mut back: Directory = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.vote(&rid), None, "votes are not in the snapshot");
+        back.restore_votes([(rid, vote.clone())]);
         assert_eq!(back.vote(&rid), Some(&vote));
+        assert_eq!(back.next_version(1).counter, 8, "the clock moves past versions the votes hold");
         assert_eq!(back, Directory::default(), "replicas compare by records only");
-        let old: Directory = serde_json::from_slice(br#"{"users":{},"clock":4}"#).unwrap();
-        assert_eq!(old.votes().count(), 0, "a directory saved before votes existed still loads");
         assert!(d.set_vote(rid, &Vote::default()) && d.vote(&rid).is_none(), "an empty vote is removed");
+        assert_eq!(d.take_journal(), vec![(rid, None)]);
     }
 
     #[test]

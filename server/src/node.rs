@@ -313,6 +313,11 @@ impl Node {
         &self.dir
     }
 
+    /// The directory, for the store to take what changed since the last save.
+    pub fn directory_mut(&mut self) -> &mut Directory {
+        &mut self.dir
+    }
+
     /// True once since the last call if the directory or the votes changed and must be saved.
     /// The shell must save before sending the outputs of the step that changed them.
     pub fn take_dirty(&mut self) -> bool {

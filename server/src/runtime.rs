@@ -12,6 +12,7 @@ use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::protocol::{decode, encode_msg, Frame, Msg};
 use common::rng::Rng;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::{SocketAddr, UdpSocket};
@@ -186,7 +187,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let peer_addrs: HashMap<ServerId, SocketAddr> = opts.cfg.servers.iter().map(|s| (s.id, s.peer_addr)).collect();
     let peer_ids: HashMap<SocketAddr, ServerId> = opts.cfg.servers.iter().map(|s| (s.peer_addr, s.id)).collect();
 
-    let store = Store::open(&opts.data_dir, opts.id)?;
+    let mut store = Store::open(&opts.data_dir, opts.id)?;
     let (dir, warning) = store.load();
     if let Some(w) = warning {
         log(&w);
@@ -222,7 +223,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
     let mut services = work::Services::new(&opts, client_sock.try_clone().map_err(err)?, pool, tx.clone());
-    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store };
+    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store: RefCell::new(store) };
     shell.run_loop(&mut node, &mut services, rx)
 }
 
@@ -231,7 +232,7 @@ struct Shell {
     client_sock: UdpSocket,
     peer_sock: UdpSocket,
     peer_addrs: HashMap<ServerId, SocketAddr>,
-    store: Store,
+    store: RefCell<Store>,
 }
 
 impl Shell {
@@ -300,7 +301,7 @@ impl Shell {
     fn apply(&self, node: &mut Node, services: &mut work::Services, now: u64, outs: Vec<Output>) {
         // Persist first: nothing that depends on a change leaves before the change is on disk.
         if node.take_dirty() {
-            if let Err(e) = self.store.save(node.directory()) {
+            if let Err(e) = self.store.borrow_mut().save(node.directory_mut()) {
                 self.log(&format!("cannot save the directory: {e}"));
             }
         }

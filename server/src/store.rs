@@ -1,19 +1,33 @@
-//! The directory on disk: load at start, save after every change by atomic replace
-//! (write a temporary file, flush it, rename it over the old one), so a crash at any moment
-//! leaves either the old or the new directory, never half of one.
+//! The directory on disk: the users in `directory.json`, rewritten by atomic replace (write a
+//! temporary file, flush, rename) when a user record changes, so a crash leaves the old or the
+//! new file, never half of one; and the server's votes in `votes.log`, one JSON line appended
+//! per change, replayed at start (a torn last line from a crash is skipped) and compacted by
+//! atomic replace when it grows. The shell saves before it sends anything a step produced.
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Vote};
+use common::protocol::RequestId;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+
+/// Lines the vote log may hold beyond the live votes before it is compacted.
+pub const COMPACT_SLACK: usize = 20_000;
 
 /// Largest directory file accepted at start (a bound on what a corrupt file can make us read).
 pub const MAX_FILE: u64 = 256 * 1024 * 1024;
 
 /// Where one server keeps its data.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    log: Option<fs::File>,
+    log_lines: usize,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogLine {
+    rid: RequestId,
+    vote: Option<Vote>,
 }
 
 impl Store {
@@ -21,7 +35,11 @@ impl Store {
     pub fn open(data_dir: &Path, id: u32) -> Result<Store, String> {
         let dir = data_dir.join(format!("server-{id}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Store { dir })
+        Ok(Store { dir, log: None, log_lines: 0 })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("votes.log")
     }
 
     /// The directory file's path.
@@ -32,7 +50,22 @@ impl Store {
     /// Loads the saved directory. A missing file is an empty directory; an unreadable or
     /// corrupt one is moved aside (`.corrupt`) with a message, and the server starts empty and
     /// is refilled by the others' full push.
-    pub fn load(&self) -> (Directory, Option<String>) {
+    pub fn load(&mut self) -> (Directory, Option<String>) {
+        let (mut d, mut warning) = self.load_users();
+        let (votes, lines, skipped) = self.read_votes();
+        self.log_lines = lines;
+        d.restore_votes(votes);
+        if skipped > 0 {
+            let note = format!("skipped {skipped} unreadable line(s) of {}", self.log_path().display());
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
+        (d, warning)
+    }
+
+    fn load_users(&self) -> (Directory, Option<String>) {
         let path = self.path();
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
@@ -57,8 +90,83 @@ impl Store {
         }
     }
 
-    /// Saves the directory atomically.
-    pub fn save(&self, d: &Directory) -> Result<(), String> {
+    /// Replays the vote log: the last line for a request wins. Returns (votes, lines, skipped).
+    fn read_votes(&self) -> (Vec<(RequestId, Vote)>, usize, usize) {
+        let mut votes = std::collections::BTreeMap::new();
+        let (mut lines, mut skipped) = (0, 0);
+        if let Ok(f) = fs::File::open(self.log_path()) {
+            for line in std::io::BufReader::new(f).lines() {
+                let Ok(line) = line else {
+                    skipped += 1;
+                    break;
+                };
+                lines += 1;
+                match serde_json::from_str::<LogLine>(&line) {
+                    Ok(LogLine { rid, vote: Some(v) }) => {
+                        votes.insert(rid, v);
+                    }
+                    Ok(LogLine { rid, vote: None }) => {
+                        votes.remove(&rid);
+                    }
+                    Err(_) => skipped += 1,
+                }
+            }
+        }
+        (votes.into_iter().collect(), lines, skipped)
+    }
+
+    /// Saves what changed: the users snapshot if a record changed, the vote changes appended.
+    pub fn save(&mut self, d: &mut Directory) -> Result<(), String> {
+        if d.take_users_changed() {
+            self.save_users(d)?;
+        }
+        let journal = d.take_journal();
+        if journal.is_empty() {
+            return Ok(());
+        }
+        if self.log_lines > COMPACT_SLACK + 4 * d.votes().count() {
+            return self.compact(d);
+        }
+        let mut buf = Vec::new();
+        for (rid, vote) in journal {
+            serde_json::to_writer(&mut buf, &LogLine { rid, vote }).map_err(|e| e.to_string())?;
+            buf.push(b'\n');
+            self.log_lines += 1;
+        }
+        if self.log.is_none() {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .map_err(|e| format!("cannot open {}: {e}", self.log_path().display()))?;
+            self.log = Some(f);
+        }
+        match self.log.as_mut() {
+            Some(f) => f.write_all(&buf).map_err(|e| format!("cannot append to the vote log: {e}")),
+            None => Err("no vote log".into()),
+        }
+    }
+
+    /// Rewrites the vote log with only the live votes.
+    fn compact(&mut self, d: &Directory) -> Result<(), String> {
+        let mut buf = Vec::new();
+        let mut n = 0;
+        for (rid, vote) in d.votes() {
+            serde_json::to_writer(&mut buf, &LogLine { rid: *rid, vote: Some(vote.clone()) })
+                .map_err(|e| e.to_string())?;
+            buf.push(b'\n');
+            n += 1;
+        }
+        let tmp = self.dir.join("votes.log.tmp");
+        fs::write(&tmp, &buf).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        self.log = None;
+        fs::rename(&tmp, self.log_path()).map_err(|e| format!("cannot replace the vote log: {e}"))?;
+        self.log_lines = n;
+        Ok(())
+    }
+
+    /// Rewrites the users snapshot atomically.
+    fn save_users(&self, d: &Directory) -> Result<(), String> {
         let path = self.path();
         let tmp = self.dir.join("directory.json.tmp");
         let bytes = serde_json::to_vec(d).map_err(|e| e.to_string())?;
@@ -83,17 +191,49 @@ mod tests {
     #[test]
     fn save_then_load_round_trips_and_corrupt_files_are_moved_aside() {
         let root = tempdir("rt");
-        let s = Store::open(&root, 1).unwrap();
+        let mut s = Store::open(&root, 1).unwrap();
         assert_eq!(s.load().0, Directory::default());
         let mut d = Directory::default();
         d.next_version(1);
-        s.save(&d).unwrap();
+        s.save(&mut d).unwrap();
         assert_eq!(s.load().0, d);
         fs::write(s.path(), b"{not json").unwrap();
         let (loaded, msg) = s.load();
         assert_eq!(loaded, Directory::default());
         assert!(msg.unwrap().contains("unreadable"));
         assert!(s.path().with_extension("json.corrupt").exists());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn votes_survive_through_the_log_even_with_a_torn_line_and_compaction() {
+        let root = tempdir("votes");
+        let mut s = Store::open(&root, 2).unwrap();
+        let mut d = Directory::default();
+        let vote = |round| Vote { round, holder: 1, accepted: None, decided: false };
+        for seq in 0..50u64 {
+            d.set_vote(RequestId { client: 1, seq }, &vote(1));
+        }
+        d.set_vote(RequestId { client: 1, seq: 0 }, &vote(5));
+        d.set_vote(RequestId { client: 1, seq: 1 }, &Vote::default());
+        s.save(&mut d).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(s.log_path()).unwrap();
+        f.write_all(b"{\"rid\":{\"client\":1,\"se").unwrap(); // a crash mid-append
+        drop(f);
+        let mut s2 = Store::open(&root, 2).unwrap();
+        let (loaded, warning) = s2.load();
+        assert!(warning.unwrap().contains("skipped 1"));
+        assert_eq!(loaded.votes().count(), 49);
+        assert_eq!(loaded.vote(&RequestId { client: 1, seq: 0 }), Some(&vote(5)));
+        assert_eq!(loaded.vote(&RequestId { client: 1, seq: 1 }), None);
+        let mut d = loaded;
+        s2.compact(&d).unwrap();
+        let (again, warning) = Store::open(&root, 2).unwrap().load();
+        assert!(warning.is_none());
+        assert_eq!(again.votes().count(), 49);
+        d.set_vote(RequestId { client: 2, seq: 0 }, &vote(1));
+        s2.save(&mut d).unwrap();
+        assert_eq!(Store::open(&root, 2).unwrap().load().0.votes().count(), 50, "appends after compaction");
         let _ = fs::remove_dir_all(root);
     }
 }
