@@ -56,6 +56,11 @@ use std::net::SocketAddr;
 /// The round of a `Done` that announces a decision instead of proposing a value.
 pub const DECIDED: u32 = u32::MAX;
 
+/// Change of queued work that is announced before the next periodic load multicast.
+pub const EARLY_ANNOUNCE_WORK: u32 = 3;
+/// Shortest time between two early announcements, ms.
+pub const EARLY_ANNOUNCE_MS: u64 = 50;
+
 /// Who a message comes from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Peer {
@@ -238,6 +243,8 @@ pub struct Node {
     down_until: Option<u64>,
     cpu: f32,
     rss_kb: u64,
+    announced_work: u32,
+    announced_at: u64,
     dirty: bool,
     mismatches: BTreeMap<ServerId, u32>,
     failure: FailureSim,
@@ -271,6 +278,8 @@ impl Node {
             down_until: None,
             cpu: 0.0,
             rss_kb: 0,
+            announced_work: 0,
+            announced_at: 0,
             dirty: false,
             mismatches: BTreeMap::new(),
             failure,
@@ -413,6 +422,12 @@ impl Node {
             self.tick_entry(now, rid);
         }
         self.evict(now);
+        // A queue that grew or shrank by several requests is announced at once (at most every
+        // EARLY_ANNOUNCE_MS), so a burst spreads without waiting for the periodic multicast.
+        let work = self.table.outstanding(self.cfg.id);
+        if work.abs_diff(self.announced_work) >= EARLY_ANNOUNCE_WORK && now >= self.announced_at + EARLY_ANNOUNCE_MS {
+            self.announce(now);
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -432,6 +447,8 @@ impl Node {
 
     fn announce(&mut self, now: u64) {
         let work = self.table.outstanding(self.cfg.id);
+        self.announced_work = work;
+        self.announced_at = now;
         let load = if self.is_down() { FAILED } else { load_figure(self.cpu, work) };
         if !self.is_down() {
             self.table.set_mine(now, load, work);
@@ -1315,6 +1332,28 @@ mod tests {
             n.step(1, Input::Message { from: Peer::Server(s), msg: load });
         }
         n
+    }
+
+    #[test]
+    fn a_growing_queue_is_announced_before_the_periodic_multicast() {
+        let mut n = node(1);
+        for s in [2, 3] {
+            // The others shut down cleanly: server 1 alone is the majority.
+            let load = Msg::Load { from: s, load: FAILED, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            n.step(2, Input::Message { from: Peer::Server(s), msg: load });
+        }
+        let loads =
+            |outs: &[Output]| outs.iter().filter(|o| matches!(o, Output::Send { msg: Msg::Load { .. }, .. })).count();
+        for seq in 1..=EARLY_ANNOUNCE_WORK as u64 {
+            let req = Msg::Request { rid: RequestId { client: 7, seq }, op: Op::Encrypt { len: 10 } };
+            let outs = n.step(10, Input::Message { from: Peer::Client(client()), msg: req });
+            assert!(outs.iter().any(|o| matches!(o, Output::Execute { .. })), "executed at once");
+        }
+        assert_eq!(loads(&n.tick(20)), 0, "not before EARLY_ANNOUNCE_MS");
+        let outs = n.tick(EARLY_ANNOUNCE_MS + 1);
+        assert_eq!(loads(&outs), 2, "announced to both others");
+        assert!(outs.iter().any(|o| matches!(o, Output::Send { msg: Msg::Load { work: 3, .. }, .. })));
+        assert_eq!(loads(&n.tick(EARLY_ANNOUNCE_MS * 3)), 0, "only when the queue moved again");
     }
 
     /// The same server restarted from what it saved.
