@@ -104,3 +104,54 @@ fn share_view_grant_offline_restart_revoke() {
     alice.finish();
     bob.finish();
 }
+
+/// A big image and a slow transfer (small chunks, window 1) so the viewer can be killed mid-way.
+#[test]
+fn a_viewer_killed_mid_transfer_gets_no_copy_or_a_complete_one() {
+    support::ensure_built();
+    let dir = support::test_dir("midtransfer");
+    let mut c = client::launch::Cluster::new(&dir, 3, |cfg| {
+        cfg.chunk_size = 1024;
+        cfg.window = 1;
+        cfg.images_dir = std::fs::canonicalize("images").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    })
+    .expect("cluster");
+    c.start_all().expect("start");
+    c.wait_ready(Duration::from_secs(20)).expect("ready");
+    let big = dir.join("big.png");
+    let img =
+        image::RgbImage::from_fn(700, 500, |x, y| image::Rgb([(x * 5 ^ y) as u8, (y * 3) as u8, (x + 2 * y) as u8]));
+    img.save(&big).expect("big image");
+
+    let mut alice = ClientProc::start(&c, "alice");
+    signed_in(&mut alice);
+    let line = alice.run(&format!("encrypt {}", big.display()));
+    assert!(line.starts_with("ok: encrypted as big"), "{line}");
+    let mut bob = ClientProc::start(&c, "bob");
+    signed_in(&mut bob);
+    ok(&mut bob, "request alice big 4");
+    notice(&mut alice, "bob asks for big");
+    alice.send("approve 1");
+    std::thread::sleep(Duration::from_millis(300));
+    bob.kill();
+    let outcome = alice.result(Duration::from_secs(30)).expect("approve finishes");
+    eprintln!("approve during the kill: {outcome}");
+    let bob_file = dir.join("client-bob/received/alice--big.png");
+    if outcome.starts_with("error:") {
+        assert!(outcome.contains("pending"), "{outcome}");
+        assert!(!bob_file.exists(), "no partial copy");
+        let mut bob = ClientProc::start(&c, "bob");
+        signed_in(&mut bob);
+        ok(&mut bob, "received");
+        assert!(bob.seen.iter().any(|l| l == "ok: 0 received images"), "{:?}", bob.seen);
+        ok(&mut alice, "approve 1");
+        notice(&mut bob, "received big from alice with 4 views");
+        bob.finish();
+    }
+    // Either way bob now holds one complete copy with the right views.
+    let png = std::fs::read(&bob_file).expect("bob's copy");
+    let rights = common::rights::read(&png).expect("rights");
+    assert_eq!((rights.views, rights.owner.as_str()), (4, "alice"));
+    assert_eq!(common::stego::reveal(&png).expect("reveal"), std::fs::read(&big).expect("original"));
+    alice.finish();
+}
