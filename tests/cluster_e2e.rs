@@ -68,3 +68,37 @@ fn thousand_requests_survive_a_sigkill_and_a_full_restart() {
     assert!(line.starts_with("ok: signed in as alice"), "{line}");
     alice.finish();
 }
+
+#[test]
+fn simulated_failures_take_turns_and_the_cloud_keeps_answering() {
+    support::ensure_built();
+    let dir = support::test_dir("simulate");
+    let mut c = client::launch::Cluster::new(&dir, 3, |cfg| {
+        cfg.simulate_down_ms = 1500;
+        cfg.simulate_up_ms = 1500;
+    })
+    .expect("cluster");
+    for id in c.cfg.ids() {
+        c.set_args(id, vec!["--simulate-failures".into()]);
+    }
+    c.start_all().expect("start");
+    c.wait_ready(Duration::from_secs(20)).expect("ready");
+    let mut zed = ClientProc::start(&c, "zed");
+    assert!(zed.result(Duration::from_secs(20)).unwrap_or_default().starts_with("ok: signed in"));
+    let start = std::time::Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let line = zed.run("peers");
+        assert!(line.starts_with("ok: 1 online"), "{line}");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    zed.finish();
+    for id in c.cfg.ids() {
+        let log = c.log(id);
+        assert!(log.contains("failure simulation: my turn"), "server {id} never took its turn:\n{log}");
+        assert!(log.contains("back UP"), "server {id} never came back:\n{log}");
+    }
+    assert!(c.log(2).contains("server 1 is back") && c.log(1).contains("server 2 is back"), "resync pushes");
+    assert!(answered > 50, "{answered}");
+}

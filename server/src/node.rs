@@ -405,7 +405,7 @@ impl Node {
         match self.failure.tick(now, &self.table, self.is_down()) {
             SimAction::None => {}
             SimAction::GoDown(ms) => {
-                self.log(format!("failure simulation: my turn, down for {} s", ms / 1000));
+                self.log(format!("failure simulation: my turn, down for {:.1} s", ms as f64 / 1000.0));
                 self.go_down(now, ms);
             }
             SimAction::Send(to, msg) => self.send(Peer::Server(to), msg),
@@ -487,7 +487,7 @@ impl Node {
                 _ => {}
             }
         }
-        self.log(format!("going DOWN for {} s: announcing 999 and ignoring all traffic", ms / 1000));
+        self.log(format!("going DOWN for {:.1} s: announcing 999 and ignoring all traffic", ms as f64 / 1000.0));
         self.announce(now);
     }
 
