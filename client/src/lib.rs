@@ -7,3 +7,4 @@ pub mod launch;
 pub mod peer;
 pub mod sharing;
 pub mod store;
+pub mod transfer_bench;
