@@ -71,18 +71,15 @@ fn thousand_requests_survive_a_sigkill_and_a_full_restart() {
 
 #[test]
 fn simulated_failures_take_turns_and_the_cloud_keeps_answering() {
-    support::ensure_built();
-    let dir = support::test_dir("simulate");
-    let mut c = client::launch::Cluster::new(&dir, 3, |cfg| {
-        cfg.simulate_down_ms = 1500;
-        cfg.simulate_up_ms = 1500;
-    })
-    .expect("cluster");
-    for id in c.cfg.ids() {
-        c.set_args(id, vec!["--simulate-failures".into()]);
-    }
-    c.start_all().expect("start");
-    c.wait_ready(Duration::from_secs(20)).expect("ready");
+    let c = support::cluster_with(
+        "simulate",
+        3,
+        |cfg| {
+            cfg.simulate_down_ms = 1500;
+            cfg.simulate_up_ms = 1500;
+        },
+        &["--simulate-failures"],
+    );
     let mut zed = ClientProc::start(&c, "zed");
     assert!(zed.result(Duration::from_secs(20)).unwrap_or_default().starts_with("ok: signed in"));
     let start = std::time::Instant::now();

@@ -40,8 +40,9 @@ fn the_server_itself_refuses_a_non_image() {
 
 /// A large image keeps the elected server busy long enough to kill it mid-request.
 fn big_png() -> Vec<u8> {
-    let img =
-        image::RgbImage::from_fn(1400, 1000, |x, y| image::Rgb([(x * 7 ^ y * 3) as u8, (x + y) as u8, (x * y) as u8]));
+    let img = image::RgbImage::from_fn(1400, 1000, |x, y| {
+        image::Rgb([((x * 7) ^ (y * 3)) as u8, (x + y) as u8, (x * y) as u8])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::Png).expect("png");
     out.into_inner()

@@ -98,9 +98,6 @@ fn share_view_grant_offline_restart_revoke() {
     assert_eq!(views_of(&mut bob, "alice/sample-10k"), None, "the copy is gone");
     ok(&mut alice, "shared");
     assert!(alice.seen.iter().any(|l| l.contains("sample-10k → bob: 0 views")), "{:?}", alice.seen);
-    if std::env::var("SHOW").is_ok() {
-        println!("ALICE {:#?}\nBOB {:#?}", alice.seen, bob.seen);
-    }
     alice.finish();
     bob.finish();
 }
@@ -108,19 +105,19 @@ fn share_view_grant_offline_restart_revoke() {
 /// A big image and a slow transfer (small chunks, window 1) so the viewer can be killed mid-way.
 #[test]
 fn a_viewer_killed_mid_transfer_gets_no_copy_or_a_complete_one() {
-    support::ensure_built();
-    let dir = support::test_dir("midtransfer");
-    let mut c = client::launch::Cluster::new(&dir, 3, |cfg| {
-        cfg.chunk_size = 1024;
-        cfg.window = 1;
-        cfg.images_dir = std::fs::canonicalize("images").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    })
-    .expect("cluster");
-    c.start_all().expect("start");
-    c.wait_ready(Duration::from_secs(20)).expect("ready");
+    let c = support::cluster_with(
+        "midtransfer",
+        3,
+        |cfg| {
+            cfg.chunk_size = 1024;
+            cfg.window = 1;
+        },
+        &[],
+    );
+    let dir = c.dir.clone();
     let big = dir.join("big.png");
     let img =
-        image::RgbImage::from_fn(700, 500, |x, y| image::Rgb([(x * 5 ^ y) as u8, (y * 3) as u8, (x + 2 * y) as u8]));
+        image::RgbImage::from_fn(700, 500, |x, y| image::Rgb([((x * 5) ^ y) as u8, (y * 3) as u8, (x + 2 * y) as u8]));
     img.save(&big).expect("big image");
 
     let mut alice = ClientProc::start(&c, "alice");

@@ -90,10 +90,8 @@ impl PeerLink {
                     self.events.push_back(LinkEvent::Incoming { from, envelope });
                 }
             }
-            Msg::PeerAck { id, .. } => {
-                if self.pending.remove(&id).is_some() {
-                    self.events.push_back(LinkEvent::Delivered { id });
-                }
+            Msg::PeerAck { id, .. } if self.pending.remove(&id).is_some() => {
+                self.events.push_back(LinkEvent::Delivered { id });
             }
             _ => {}
         }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use client::launch::{sibling_binary, Cluster};
+use common::config::ClusterConfig;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -36,11 +37,21 @@ pub fn test_dir(name: &str) -> PathBuf {
 
 /// A started, ready cluster of `n` servers.
 pub fn cluster(name: &str, n: u32) -> Cluster {
+    cluster_with(name, n, |_| {}, &[])
+}
+
+/// A started, ready cluster of `n` servers with a tweaked config and extra server arguments
+/// (covers come from the repository's `images/`).
+pub fn cluster_with(name: &str, n: u32, tweak: impl FnOnce(&mut ClusterConfig), server_args: &[&str]) -> Cluster {
     ensure_built();
     let mut c = Cluster::new(&test_dir(name), n, |cfg| {
         cfg.images_dir = std::fs::canonicalize("images").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        tweak(cfg);
     })
     .expect("cluster config");
+    for id in c.cfg.ids() {
+        c.set_args(id, server_args.iter().map(|a| a.to_string()).collect());
+    }
     c.start_all().expect("servers start");
     c.wait_ready(Duration::from_secs(20)).expect("cluster ready");
     c
