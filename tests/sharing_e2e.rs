@@ -98,6 +98,17 @@ fn share_view_grant_offline_restart_revoke() {
     assert_eq!(views_of(&mut bob, "alice/sample-10k"), None, "the copy is gone");
     ok(&mut alice, "shared");
     assert!(alice.seen.iter().any(|l| l.contains("sample-10k → bob: 0 views")), "{:?}", alice.seen);
+
+    // The owner is offline when the viewer asks for more views: she gets it when she signs in.
+    ok(&mut alice, "quit");
+    alice.finish();
+    let r = ok(&mut bob, "more alice sample-10k 2");
+    assert!(r.contains("queued for alice (offline)"), "{r}");
+    let mut alice = ClientProc::start(&c, "alice");
+    signed_in(&mut alice);
+    notice(&mut alice, "bob asks for more views of sample-10k with 2 views");
+    ok(&mut alice, "requests");
+    assert!(alice.seen.iter().any(|l| l.contains("bob asks for more views of sample-10k")), "{:?}", alice.seen);
     alice.finish();
     bob.finish();
 }
