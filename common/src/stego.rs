@@ -430,6 +430,34 @@ pub struct Covers {
     images: Vec<DynamicImage>,
     /// True when the covers were generated rather than loaded.
     builtin: bool,
+    /// The covers and smaller copies of them, sorted by capacity: `choose` picks from these so
+    /// a payload gets a cover close to its size (a 10 KB image: ~170 px, not the next 256 px
+    /// cover), which keeps both the hiding work and the result small.
+    ladder: Vec<DynamicImage>,
+}
+
+/// Each step of the ladder is this fraction of the previous side.
+pub const LADDER_STEP: f32 = 0.88;
+/// The ladder stops below this side length.
+pub const LADDER_MIN_SIDE: u32 = 48;
+
+fn build_ladder(images: &[DynamicImage]) -> Vec<DynamicImage> {
+    let mut out: Vec<DynamicImage> = Vec::new();
+    for img in images {
+        out.push(img.clone());
+        let (mut w, mut h) = (img.width() as f32, img.height() as f32);
+        loop {
+            w *= LADDER_STEP;
+            h *= LADDER_STEP;
+            if (w.min(h) as u32) < LADDER_MIN_SIDE {
+                break;
+            }
+            let small = image::imageops::resize(img, w as u32, h as u32, image::imageops::FilterType::Triangle);
+            out.push(DynamicImage::ImageRgba8(small));
+        }
+    }
+    out.sort_by_key(|i| capacity(i.width(), i.height()));
+    out
 }
 
 impl fmt::Debug for Covers {
@@ -442,11 +470,12 @@ impl fmt::Debug for Covers {
 impl Covers {
     /// Procedural covers generated in memory (128×128, 256×256 and 512×384).
     pub fn builtin() -> Covers {
-        let images = [(128, 128, 11), (256, 256, 22), (512, 384, 33)]
+        let images: Vec<DynamicImage> = [(128, 128, 11), (256, 256, 22), (512, 384, 33)]
             .into_iter()
             .map(|(w, h, seed)| DynamicImage::ImageRgba8(procedural_cover(w, h, seed)))
             .collect();
-        Covers { images, builtin: true }
+        let ladder = build_ladder(&images);
+        Covers { images, builtin: true, ladder }
     }
 
     /// Covers from decoded images (converted to RGBA8; empty ones dropped); builtin if none.
@@ -463,7 +492,8 @@ impl Covers {
             return Covers::builtin();
         }
         images.sort_by_key(|i| capacity(i.width(), i.height()));
-        Covers { images, builtin: false }
+        let ladder = build_ladder(&images);
+        Covers { images, builtin: false, ladder }
     }
 
     /// Loads every decodable image in `dir`, skipping non-images and files named `sample*`.
@@ -518,10 +548,10 @@ impl Covers {
 
     /// The smallest cover whose capacity holds `payload_len` bytes, else the largest one.
     pub fn choose(&self, payload_len: usize) -> &DynamicImage {
-        self.images
+        self.ladder
             .iter()
             .find(|i| capacity(i.width(), i.height()) >= payload_len)
-            .or_else(|| self.images.last())
+            .or_else(|| self.ladder.last())
             .unwrap_or_else(|| fallback_cover())
     }
 }
@@ -573,10 +603,15 @@ mod tests {
     }
 
     #[test]
-    fn choose_prefers_smallest_fitting_cover() {
+    fn choose_prefers_a_cover_close_to_the_payload() {
         let covers = Covers::builtin();
-        assert_eq!(covers.choose(0).width(), 128);
-        assert_eq!(covers.choose(capacity(128, 128) + 1).width(), 256);
-        assert_eq!(covers.choose(usize::MAX).width(), 512);
+        assert!(covers.choose(0).width() < 128, "the ladder goes below the smallest cover");
+        for need in [1_000, 10_435, capacity(128, 128) + 1, 50_000] {
+            let c = covers.choose(need);
+            let cap = capacity(c.width(), c.height());
+            assert!(cap >= need, "{need} fits");
+            assert!(cap <= need * 14 / 10 + 2_000, "{need}: capacity {cap} is close to the need");
+        }
+        assert_eq!(covers.choose(usize::MAX).width(), 512, "too large: the largest, to be enlarged");
     }
 }

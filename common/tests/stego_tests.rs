@@ -350,9 +350,12 @@ fn covers_load_skip_and_fall_back() {
     assert!(!covers.is_builtin() && !covers.is_empty());
     let sizes: Vec<_> = covers.iter().map(|c| (c.width(), c.height())).collect();
     assert_eq!(sizes, vec![(100, 100), (300, 200)]);
-    assert_eq!(covers.choose(0).width(), 100);
-    assert_eq!(covers.choose(capacity(100, 100)).width(), 100);
-    assert_eq!(covers.choose(capacity(100, 100) + 1).width(), 300);
+    // choose() also picks among smaller copies of the covers (the ladder), so a payload gets a
+    // cover close to its size.
+    assert!(covers.choose(0).width() < 100);
+    let c = covers.choose(capacity(100, 100) + 1);
+    assert!(capacity(c.width(), c.height()) > capacity(100, 100));
+    assert!(c.width() < 300, "a smaller copy of the 300-wide cover fits");
     assert_eq!(covers.choose(1 << 30).width(), 300);
     assert!(format!("{covers:?}").contains("300"));
     std::fs::remove_dir_all(&dir).unwrap();
