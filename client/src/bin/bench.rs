@@ -46,6 +46,18 @@ const OPTS: &[Opt] = &[
     Opt { name: "slow-server", value: Some("ID"), default: "", help: "make server ID slow (--slow-ms per image)" },
     Opt { name: "slow-ms", value: Some("MS"), default: "20", help: "extra work per image of the slow server" },
     Opt { name: "floor", value: None, default: "", help: "no network: the same stego work in-process on every core" },
+    Opt {
+        name: "transfer-mb",
+        value: Some("MB"),
+        default: "",
+        help: "instead: one reliable transfer of MB megabytes over loopback sockets",
+    },
+    Opt {
+        name: "loss",
+        value: Some("P"),
+        default: "0",
+        help: "with --transfer-mb: share of datagrams dropped (0-0.5)",
+    },
 ];
 
 const ABOUT: &str = "Benchmark of the image cloud: N encryption requests from C concurrent clients.";
@@ -87,6 +99,33 @@ fn fail_usage(msg: &str) -> ! {
     std::process::exit(EXIT_USAGE)
 }
 
+/// `--transfer-mb`: the reliable transfer alone, over real loopback sockets.
+fn transfer_mode(mb: usize, loss: f64) {
+    if !(0.0..=0.5).contains(&loss) {
+        fail_usage("--loss must be between 0 and 0.5");
+    }
+    let cfg = common::transfer::TransferConfig::default();
+    match client::transfer_bench::run(mb * 1_000_000, cfg.clone(), loss, 7) {
+        Ok(r) => {
+            println!(
+                "transfer: {} bytes in {:.3} s = {:.1} MB/s, chunk {} B, window {}, loss {loss}, dropped {} of {} datagrams, byte-exact: {}",
+                r.bytes, r.seconds, r.mb_per_s, cfg.chunk_size, cfg.window, r.dropped, r.datagrams, r.exact
+            );
+            println!(
+                "RESULT {{\"mode\":\"transfer\",\"bytes\":{},\"seconds\":{:.4},\"mb_per_s\":{:.1},\"loss\":{loss},\"dropped\":{},\"exact\":{}}}",
+                r.bytes, r.seconds, r.mb_per_s, r.dropped, r.exact
+            );
+            if !r.exact {
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args = match Args::parse(std::env::args().skip(1), OPTS) {
         Ok(a) => a,
@@ -96,6 +135,9 @@ fn main() {
         }
         Err(Some(e)) => fail_usage(&e),
     };
+    if let Some(mb) = args.num::<usize>("transfer-mb").unwrap_or_else(|e| fail_usage(&e)) {
+        return transfer_mode(mb, args.num::<f64>("loss").unwrap_or_else(|e| fail_usage(&e)).unwrap_or(0.0));
+    }
     let settings = parse_settings(&args).unwrap_or_else(|e| fail_usage(&e));
     let image = load_image(&settings.image).unwrap_or_else(|e| fail_usage(&e));
     let external = settings.config.as_deref().map(ClusterConfig::load).transpose().unwrap_or_else(|e| fail_usage(&e));
