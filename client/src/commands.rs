@@ -6,7 +6,7 @@ use crate::engine::{Command, Engine, EngineCtx};
 use crate::sharing::{self, Sharing};
 use crate::store::{write_atomic, Identity, Store};
 use common::config::ClusterConfig;
-use common::protocol::{Answer, Envelope, Op, PeerBody, UserInfo};
+use common::protocol::{Answer, Op, PeerBody, UserInfo};
 use common::rights::Rights;
 use parking_lot::Mutex;
 use std::io::IsTerminal;
@@ -118,23 +118,9 @@ impl Session {
     }
 
     /// Fetches what the cloud buffered for us while we were offline, applies it in order, and
-    /// acknowledges it so every server drops it.
+    /// acknowledges it so every server drops it (the engine also does this every few seconds).
     pub fn pull_inbox(&mut self) -> Result<usize, String> {
-        let mut acked: Vec<u64> = Vec::new();
-        let mut total = 0;
-        loop {
-            let op = Op::InboxAck { name: self.me.name.clone(), token: self.me.token.clone(), ids: acked.clone() };
-            let pending: Vec<Envelope> = match answer(op, &mut self.cloud.lock())? {
-                Answer::Inbox(list) => list,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
-            if pending.is_empty() {
-                return Ok(total);
-            }
-            total += pending.len();
-            acked = pending.iter().map(|e| e.id).collect();
-            self.engine.ask(PEER_WAIT, |reply| Command::Apply { envelopes: pending, reply })?;
-        }
+        self.engine.ask(PEER_WAIT, |reply| Command::PullInbox { reply })
     }
 
     /// Runs one prompt line.

@@ -18,6 +18,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often an online client fetches messages the cloud buffered for it, ms.
+pub const INBOX_POLL_MS: u64 = 5_000;
+
 /// Largest gallery accepted from a peer.
 pub const MAX_GALLERY: usize = 16 * 1024 * 1024;
 
@@ -30,8 +33,8 @@ pub enum Command {
     Gallery { user: String, addr: SocketAddr, reply: Reply<Vec<GalleryItem>> },
     /// Send `body` to `user` (at `addr` if online), falling back to the cloud.
     Send { user: String, addr: Option<SocketAddr>, body: PeerBody, reply: Reply<String> },
-    /// Apply messages the cloud buffered while we were offline, in order.
-    Apply { envelopes: Vec<Envelope>, reply: Reply<()> },
+    /// Fetch, apply in order and acknowledge what the cloud buffered for us; replies the count.
+    PullInbox { reply: Reply<usize> },
     /// Send an approved image (stego PNG with rights embedded) to `user` at `addr`.
     Deliver {
         user: String,
@@ -99,6 +102,7 @@ struct State {
     galleries: HashMap<u64, Reply<Vec<GalleryItem>>>,
     gallery_asks: HashMap<u64, u64>,
     incoming_images: HashMap<u64, (String, String)>,
+    last_pull: u64,
 }
 
 fn notice(line: &str) {
@@ -123,6 +127,7 @@ impl State {
             galleries: HashMap::new(),
             gallery_asks: HashMap::new(),
             incoming_images: HashMap::new(),
+            last_pull: 0,
         }
     }
 
@@ -146,6 +151,12 @@ impl State {
                 recv(after(Duration::from_millis(5))) -> _ => {},
             }
             let now = self.now();
+            if now >= self.last_pull + INBOX_POLL_MS {
+                self.last_pull = now;
+                if let Err(e) = self.pull_inbox() {
+                    eprintln!("inbox: {e}");
+                }
+            }
             self.link.tick(now);
             self.transfers.tick(now);
             while let Some(ev) = self.link.poll_event() {
@@ -198,14 +209,8 @@ impl State {
                     }
                 }
             }
-            Command::Apply { envelopes, reply } => {
-                let from = SocketAddr::from(([0, 0, 0, 0], 0));
-                for env in envelopes {
-                    if env.to == self.ctx.me.name {
-                        self.incoming(now, from, env);
-                    }
-                }
-                let _ = reply.send(Ok(()));
+            Command::PullInbox { reply } => {
+                let _ = reply.send(self.pull_inbox());
             }
             Command::Deliver { user, addr, image_id, views, version, png, reply } => {
                 let transfer = self.rng.next_u64();
@@ -214,6 +219,31 @@ impl State {
                 let env = self.envelope(&user, PeerBody::Deliver { image_id, views, version, transfer, len });
                 self.deliver_offers.insert(env.id, (addr, transfer, png, reply));
                 self.link.send(now, addr, env);
+            }
+        }
+    }
+
+    /// Fetches what the cloud buffered for us, applies it in order and acknowledges it so every
+    /// server drops it. Runs at sign-in and every [`INBOX_POLL_MS`] while online: a message can
+    /// be buffered while we are online (the sender could not reach us, or raced our sign-in).
+    fn pull_inbox(&mut self) -> Result<usize, String> {
+        let mut acked: Vec<u64> = Vec::new();
+        let mut total = 0;
+        let from = SocketAddr::from(([0, 0, 0, 0], 0));
+        loop {
+            let op = Op::InboxAck { name: self.ctx.me.name.clone(), token: self.ctx.me.token.clone(), ids: acked };
+            let answer = self.ctx.cloud.lock().call(op, None)?.reply.result?;
+            let Answer::Inbox(pending) = answer else { return Err(format!("unexpected answer {answer:?}")) };
+            if pending.is_empty() {
+                return Ok(total);
+            }
+            total += pending.len();
+            acked = pending.iter().map(|e| e.id).collect();
+            let now = self.now();
+            for env in pending {
+                if env.to == self.ctx.me.name {
+                    self.incoming(now, from, env);
+                }
             }
         }
     }
@@ -228,7 +258,12 @@ impl State {
                 return Ok(format!("delivered to {to} (through the cloud)"));
             }
         }
-        let op = Op::Buffer { name: self.ctx.me.name.clone(), token: self.ctx.me.token.clone(), envelope: env };
+        let op = Op::Buffer {
+            name: self.ctx.me.name.clone(),
+            token: self.ctx.me.token.clone(),
+            envelope: env,
+            unreachable: addr,
+        };
         match cloud.call(op, None)?.reply.result? {
             Answer::Buffered => Ok(format!("queued for {to} (offline)")),
             other => Err(format!("unexpected answer {other:?}")),

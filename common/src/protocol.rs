@@ -162,7 +162,8 @@ pub enum Op {
     /// Try to deliver a peer message the sender could not deliver itself, at `addr`.
     Relay { envelope: Envelope, addr: SocketAddr },
     /// Keep a peer message for its offline recipient (the sender proves itself with its token).
-    Buffer { name: String, token: String, envelope: Envelope },
+    /// `unreachable`: the address the sender and the cloud failed to reach, if any.
+    Buffer { name: String, token: String, envelope: Envelope, unreachable: Option<SocketAddr> },
     /// The recipient got these buffered messages: drop them everywhere.
     InboxAck { name: String, token: String, ids: Vec<u64> },
 }
@@ -417,7 +418,7 @@ fn check_op(op: &Op) -> Result<(), WireError> {
         }
         Op::ListOnline | Op::Status | Op::Encrypt { .. } => Ok(()),
         Op::Relay { envelope, .. } => check_envelope(envelope),
-        Op::Buffer { name, token: t, envelope } => {
+        Op::Buffer { name, token: t, envelope, .. } => {
             user(name)?;
             token(t)?;
             check_envelope(envelope)?;

@@ -70,11 +70,16 @@ impl PartialEq for Directory {
     }
 }
 
-/// Union of two inboxes by (sender, message id); for the same message the newer entry (a
-/// delivered tombstone) wins; ordered by arrival.
-pub fn merge_inbox(a: &[InboxEntry], b: &[InboxEntry]) -> Vec<InboxEntry> {
+/// The inbox of `newer` plus the messages still pending in `older` that `newer` lacks (a
+/// concurrent buffering elsewhere). Tombstones come only from `newer`, so tombstones it trimmed
+/// stay trimmed; for a message in both, the newer entry (a delivered tombstone) wins. Ordered by
+/// arrival.
+pub fn merge_inbox(newer: &[InboxEntry], older: &[InboxEntry]) -> Vec<InboxEntry> {
     let mut by_key: BTreeMap<(String, u64), InboxEntry> = BTreeMap::new();
-    for e in a.iter().chain(b) {
+    for e in newer {
+        by_key.insert((e.envelope.from.clone(), e.envelope.id), e.clone());
+    }
+    for e in older.iter().filter(|e| !e.delivered) {
         let key = (e.envelope.from.clone(), e.envelope.id);
         match by_key.get(&key) {
             Some(have) if have.version >= e.version => {}

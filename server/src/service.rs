@@ -129,7 +129,7 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
         Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => {
             fail(format!("{} is not a directory operation", op.kind()))
         }
-        Op::Buffer { name, token, envelope } => {
+        Op::Buffer { name, token, envelope, unreachable } => {
             if let Err(e) = authed(dir, name, token) {
                 return fail(e);
             }
@@ -145,8 +145,11 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
             }
             let v = dir.next_version(me);
             rec.inbox.push(InboxEntry { seq: v, envelope: envelope.clone(), delivered: false, version: v });
-            // The sender and then the cloud could not reach the recipient: it is offline.
-            rec.online = false;
+            // The sender and then the cloud could not reach the recipient at its recorded address:
+            // it is offline. (Not when it signed in again elsewhere meanwhile.)
+            if unreachable.is_some() && *unreachable == rec.addr {
+                rec.online = false;
+            }
             rec.version = v;
             Outcome { result: Ok(Answer::Buffered), changed: vec![rec] }
         }

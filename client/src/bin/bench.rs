@@ -190,6 +190,9 @@ fn parse_settings(args: &Args) -> Result<Settings, String> {
 }
 
 fn check_combinations(args: &Args, s: &Settings) -> Result<(), String> {
+    if args.get("loss").is_some() {
+        return Err("--loss needs --transfer-mb".into());
+    }
     let cluster_only = ["kill-server-after", "slow-server", "slow-ms", "policy"];
     let given = |names: &[&str]| names.iter().find(|n| args.get(n).is_some()).map(|n| n.to_string());
     if s.config.is_some() {
