@@ -59,7 +59,6 @@ use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
-use server::election::Policy;
 use server::node::{kind_of, Input, Node, NodeConfig, Output, Peer};
 use server::service::MAX_TOMBSTONES;
 use server::work::{RELAY_TRIES, RELAY_TRY_MS};
@@ -81,20 +80,7 @@ const TIMEOUT_MS: u64 = 15_000;
 const GIVE_UP_MS: u64 = 400_000;
 
 fn node_cfg(id: ServerId) -> NodeConfig {
-    NodeConfig {
-        id,
-        servers: SERVERS.to_vec(),
-        failure_timeout: 3000,
-        claim_timeout: 300,
-        retransmit: 40,
-        answer_cache: 10_000,
-        answer_ttl: 60_000,
-        policy: Policy::LeastLoad,
-        simulate_failures: false,
-        down_ms: 20_000,
-        up_ms: 10_000,
-        record_executions: false,
-    }
+    NodeConfig::simulated(id, &SERVERS)
 }
 
 /// Every simulation node (server or client process) has one UDP address.

@@ -100,6 +100,24 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The settings the simulations use: the config defaults for `servers`, executions recorded.
+    pub fn simulated(id: ServerId, servers: &[ServerId]) -> Self {
+        NodeConfig {
+            id,
+            servers: servers.to_vec(),
+            failure_timeout: 3000,
+            claim_timeout: 300,
+            retransmit: 40,
+            answer_cache: 10_000,
+            answer_ttl: 60_000,
+            policy: Policy::LeastLoad,
+            simulate_failures: false,
+            down_ms: 20_000,
+            up_ms: 10_000,
+            record_executions: true,
+        }
+    }
+
     /// The node settings of server `id` from the cluster config.
     pub fn from_cluster(cfg: &ClusterConfig, id: ServerId, policy: Policy, simulate_failures: bool) -> Self {
         NodeConfig {
@@ -1296,20 +1314,7 @@ mod tests {
     const CLAIM_TIMEOUT: u64 = 300;
 
     fn cfg(id: ServerId) -> NodeConfig {
-        NodeConfig {
-            id,
-            servers: vec![1, 2, 3],
-            failure_timeout: 3000,
-            claim_timeout: CLAIM_TIMEOUT,
-            retransmit: 40,
-            answer_cache: 100,
-            answer_ttl: 60_000,
-            policy: Policy::LeastLoad,
-            simulate_failures: false,
-            down_ms: 20_000,
-            up_ms: 10_000,
-            record_executions: true,
-        }
+        NodeConfig { claim_timeout: CLAIM_TIMEOUT, answer_cache: 100, ..NodeConfig::simulated(id, &[1, 2, 3]) }
     }
 
     fn client() -> SocketAddr {

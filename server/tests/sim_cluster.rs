@@ -14,7 +14,6 @@ use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
-use server::election::Policy;
 use server::node::{Input, Node, NodeConfig, Output, Peer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,20 +24,7 @@ const TICK: u64 = 5;
 const LOAD_INTERVAL: u64 = 1000;
 
 fn node_cfg(id: ServerId) -> NodeConfig {
-    NodeConfig {
-        id,
-        servers: SERVERS.to_vec(),
-        failure_timeout: 3000,
-        claim_timeout: 300,
-        retransmit: 40,
-        answer_cache: 10_000,
-        answer_ttl: 60_000,
-        policy: Policy::LeastLoad,
-        simulate_failures: false,
-        down_ms: 20_000,
-        up_ms: 10_000,
-        record_executions: true,
-    }
+    NodeConfig::simulated(id, &SERVERS)
 }
 
 fn client_addr(i: u32) -> SocketAddr {
