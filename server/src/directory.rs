@@ -152,6 +152,11 @@ impl Directory {
         self.votes.get(rid)
     }
 
+    /// How many votes are kept.
+    pub fn vote_count(&self) -> usize {
+        self.votes.len()
+    }
+
     /// Every saved vote.
     pub fn votes(&self) -> impl Iterator<Item = (&RequestId, &Vote)> {
         self.votes.iter()

@@ -56,6 +56,9 @@ use std::net::SocketAddr;
 /// The round of a `Done` that announces a decision instead of proposing a value.
 pub const DECIDED: u32 = u32::MAX;
 
+/// A waiting request is ranked again with the current load table after this long, ms.
+pub const RERANK_AFTER_MS: u64 = 20;
+
 /// Change of queued work that is announced before the next periodic load multicast.
 pub const EARLY_ANNOUNCE_WORK: u32 = 3;
 /// Shortest time between two early announcements, ms.
@@ -1149,7 +1152,13 @@ impl Node {
                 if e.op.is_none() || e.reply_to.is_none() {
                     return;
                 }
-                let live: Vec<ServerId> = e.rank.iter().copied().filter(|&s| self.table.is_live(now, s)).collect();
+                // After a short grace, rank again: a load announcement that reached the servers
+                // at slightly different moments must not leave everyone waiting for another.
+                let live: Vec<ServerId> = if now >= e.seen + RERANK_AFTER_MS {
+                    self.table.ranking(now, rid)
+                } else {
+                    e.rank.iter().copied().filter(|&s| self.table.is_live(now, s)).collect()
+                };
                 match live.iter().position(|&s| s == me) {
                     Some(0) => self.start_claim(now, rid),
                     Some(k) if now >= e.seen + self.cfg.claim_timeout * k as u64 => self.start_claim(now, rid),

@@ -124,7 +124,7 @@ impl Store {
         if journal.is_empty() {
             return Ok(());
         }
-        if self.log_lines > COMPACT_SLACK + 4 * d.votes().count() {
+        if self.log_lines > COMPACT_SLACK + 4 * d.vote_count() {
             return self.compact(d);
         }
         let mut buf = Vec::new();

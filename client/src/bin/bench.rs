@@ -8,7 +8,11 @@
 //! Variants: `--kill-server-after N` SIGKILLs the busiest server mid-run (clients retry a failed
 //! request with a new one, up to 3 times); `--slow-server ID` makes one server slow to compare
 //! the election policies; `--floor` does the same stego work in-process on every core, without
-//! the network, as the physical floor to compare the cluster with.
+//! the network, as the physical floor to compare the cluster with; `--transfer-mb` measures the
+//! reliable transfer alone.
+//!
+//! Besides wall-clock figures it reports the CPU time (Linux /proc) of every server it started
+//! and of itself, per request: on a shared machine that figure is steadier than throughput.
 
 use client::cloud::Cloud;
 use client::launch::Cluster;
