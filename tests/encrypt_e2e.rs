@@ -1,13 +1,15 @@
 //! Encryption end to end through a real three-server cluster: a real image comes back hidden
-//! in a cover, byte-exact; a non-image is refused with `error:`; and when the server handling
-//! the request is SIGKILLed mid-transfer, the client's retry is elected afresh and succeeds.
+//! in a cover, sealed under the owner's key (extracting the low bits without the key yields
+//! nothing usable; with it, the image byte-exact); a non-image and an upload not sealed by its
+//! owner are refused with `error:`; and when the server handling the request is SIGKILLed
+//! mid-transfer, the client's retry is elected afresh and succeeds.
 
 mod support;
 
 use client::cloud::Cloud;
-use common::protocol::{Answer, Op};
+use common::protocol::Answer;
 use std::time::{Duration, Instant};
-use support::{cluster, ClientProc};
+use support::{cluster, encrypt_op, register, seal_own, ClientProc};
 
 #[test]
 fn encrypt_a_real_image_and_refuse_a_non_image() {
@@ -18,7 +20,17 @@ fn encrypt_a_real_image_and_refuse_a_non_image() {
     assert!(line.starts_with("ok: encrypted as sample-10k"), "{line}");
     let stego = std::fs::read(c.dir.join("client-alice/images/sample-10k.png")).expect("stego file kept");
     let original = std::fs::read("images/sample-10k.jpg").expect("sample");
-    assert_eq!(common::stego::reveal(&stego).expect("reveal"), original);
+    let hidden = common::stego::reveal(&stego).expect("reveal");
+    // Whoever extracts the low bits gets ciphertext: no image, no trace of the original bytes.
+    assert!(common::stego::decode_image(&hidden).is_err(), "the hidden payload is not an image");
+    assert!(!hidden.windows(64).any(|w| w == &original[100..164]), "no plaintext run in the payload");
+    // alice's own key (from her secret) opens it, byte-exact.
+    let ident: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.dir.join("client-alice/identity.json")).expect("identity")).unwrap();
+    let secret = common::auth::secret_bytes(ident["secret"].as_str().expect("secret"));
+    let own = common::crypto::derive(&secret, common::crypto::Purpose::Own);
+    let opened = common::crypto::open(&own, &common::auth::own_image_aad("alice"), &hidden).expect("opens");
+    assert_eq!(opened, original);
     assert!(c.dir.join("client-alice/previews/sample-10k.png").exists());
     let line = alice.run("encrypt Cargo.toml");
     assert!(line.starts_with("error:"), "{line}");
@@ -32,10 +44,16 @@ fn encrypt_a_real_image_and_refuse_a_non_image() {
 fn the_server_itself_refuses_a_non_image() {
     let c = cluster("refuse", 3);
     let mut cloud = Cloud::connect(&c.cfg, None).expect("connect");
-    let junk = b"this is not an image at all".to_vec();
-    let r = cloud.call(Op::Encrypt { len: junk.len() as u64 }, Some(&junk)).expect("answered");
+    let secret = register(&mut cloud, "dave");
+    let junk = seal_own(&secret, "dave", b"this is not an image at all");
+    let r = cloud.call(encrypt_op("dave", junk.len()), Some(&junk)).expect("answered");
     let err = r.reply.result.expect_err("refused");
     assert!(err.contains("not an image"), "{err}");
+    // A real image, but not sealed under dave's key: the server cannot vouch for it.
+    let plain = std::fs::read("images/sample-10k.jpg").expect("sample");
+    let r = cloud.call(encrypt_op("dave", plain.len()), Some(&plain)).expect("answered");
+    let err = r.reply.result.expect_err("refused");
+    assert!(err.contains("sealed image"), "{err}");
 }
 
 /// A large image keeps the elected server busy long enough to kill it mid-request.
@@ -54,14 +72,16 @@ fn encrypt_survives_a_sigkill_of_the_elected_server_mid_transfer() {
     let image = big_png();
     assert!(image.len() > 1_000_000, "big enough to take a while: {}", image.len());
     let cfg = c.cfg.clone();
-    let data = image.clone();
+    let mut cloud = Cloud::connect(&cfg, None).expect("connect");
+    let secret = register(&mut cloud, "erin");
+    let data = seal_own(&secret, "erin", &image);
+    let sealed = data.clone();
     let worker = std::thread::spawn(move || {
-        let mut cloud = Cloud::connect(&cfg, None).expect("connect");
         let start = Instant::now();
         let mut tries = 0;
         loop {
             tries += 1;
-            match cloud.call(Op::Encrypt { len: data.len() as u64 }, Some(&data)) {
+            match cloud.call(encrypt_op("erin", data.len()), Some(&data)) {
                 Ok(r) => return (r, tries, start.elapsed()),
                 Err(e) if tries < 3 => eprintln!("try {tries} failed: {e}"),
                 Err(e) => panic!("encrypt failed {tries} times: {e}"),
@@ -75,5 +95,5 @@ fn encrypt_survives_a_sigkill_of_the_elected_server_mid_transfer() {
     let Ok(Answer::Encrypted { .. }) = r.reply.result else { panic!("{:?}", r.reply.result) };
     assert_ne!(r.reply.server, 1, "a surviving server answered");
     let stego = r.blob.expect("result downloaded");
-    assert_eq!(common::stego::reveal(&stego).expect("reveal"), image, "byte-exact after {tries} tries, {took:?}");
+    assert_eq!(common::stego::reveal(&stego).expect("reveal"), sealed, "byte-exact after {tries} tries, {took:?}");
 }

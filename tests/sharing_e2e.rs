@@ -144,7 +144,7 @@ fn a_viewer_killed_mid_transfer_gets_no_copy_or_a_complete_one() {
     bob.kill();
     let outcome = alice.result(Duration::from_secs(30)).expect("approve finishes");
     eprintln!("approve during the kill: {outcome}");
-    let bob_file = dir.join("client-bob/received/alice--big.png");
+    let bob_file = dir.join("client-bob/received/alice/big.png");
     if outcome.starts_with("error:") {
         assert!(outcome.contains("pending"), "{outcome}");
         assert!(!bob_file.exists(), "no partial copy");
@@ -160,6 +160,11 @@ fn a_viewer_killed_mid_transfer_gets_no_copy_or_a_complete_one() {
     let png = std::fs::read(&bob_file).expect("bob's copy");
     let rights = common::rights::read(&png).expect("rights");
     assert_eq!((rights.views, rights.owner.as_str()), (4, "alice"));
-    assert_eq!(common::stego::reveal(&png).expect("reveal"), std::fs::read(&big).expect("original"));
+    let hidden = common::stego::reveal(&png).expect("reveal");
+    let keys: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("client-bob/keys.json")).expect("bob's keys")).expect("json");
+    let key = common::crypto::key_from_hex(keys["keys"]["alice/big"].as_str().expect("key of alice/big")).expect("key");
+    let image = common::crypto::open(&key, &common::auth::shared_image_aad("alice", "bob", "big"), &hidden);
+    assert_eq!(image.expect("opens under the share key"), std::fs::read(&big).expect("original"));
     alice.finish();
 }

@@ -54,7 +54,7 @@
 use client::peer::{LinkEvent, PeerLink};
 use client::sharing::Sharing;
 use common::config::{ServerId, MAX_DATAGRAM};
-use common::protocol::{encode_msg, validate, Answer, Envelope, Msg, Op, PeerBody, RequestId};
+use common::protocol::{encode_msg, validate, Answer, Auth, Envelope, Msg, Op, PeerBody, RequestId};
 use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
@@ -71,6 +71,8 @@ const ALICE: u32 = 100;
 /// Simulation node of the viewer's first process (a restart on a new port takes the next).
 const BOB_FIRST: u32 = 200;
 const IMAGE: &str = "sunset.png";
+/// The share key of alice's image for bob (as if the cloud issued it at delivery).
+const SHARE_KEY: [u8; 32] = [7; 32];
 const TICK: u64 = 5;
 const LOAD_INTERVAL: u64 = 1000;
 /// The client defaults (`request_retry_ms`, `request_timeout_ms`).
@@ -349,7 +351,7 @@ impl World {
             match o {
                 Output::Send { to: Peer::Server(s), msg } => self.send(id, s, msg),
                 Output::Send { to: Peer::Client(a), msg } => self.send(id, node_of(a), msg),
-                Output::Execute { rid, op: Op::Relay { envelope, addr }, .. } => {
+                Output::Execute { rid, op: Op::Relay { envelope, addr, .. }, .. } => {
                     // work.rs `Services::execute`: first try now, from the client socket.
                     let msg = Msg::Peer(envelope.clone());
                     self.send(id, node_of(addr), msg.clone());
@@ -446,8 +448,13 @@ impl World {
 
     fn request(&mut self, from: u32, op: Op) -> RequestId {
         let now = self.now;
-        let req = if from == ALICE { &mut self.alice.req } else { &mut self.bob.req };
-        let (rid, msg) = req.start(now, op);
+        let (req, secret) =
+            if from == ALICE { (&mut self.alice.req, &self.alice.token) } else { (&mut self.bob.req, &self.bob.token) };
+        let secret = common::auth::secret_bytes(secret);
+        // Signed as `Cloud::call` does, with the simulated wall clock the nodes use.
+        let (rid, msg) = req.start_with(now, op, |op, rid| {
+            common::auth::sign_request(op, rid, &secret, server::node::SIM_WALL_BASE + now)
+        });
         for s in SERVERS {
             self.send(from, s, msg.clone());
         }
@@ -476,7 +483,7 @@ impl World {
 
     fn buffer_op(&self, unreachable: Option<SocketAddr>) -> Op {
         let envelope = self.alice.env.clone().expect("a grant in progress");
-        Op::Buffer { name: "alice".into(), token: self.alice.token.clone(), envelope, unreachable }
+        Op::Buffer { name: "alice".into(), auth: Auth::default(), envelope, unreachable }
     }
 
     fn grant_done(&mut self, outcome: Result<Ack, String>) {
@@ -507,7 +514,9 @@ impl World {
         };
         let version = self.alice.sharing.grant("bob", IMAGE, views);
         let id = self.alice.link.next_id();
-        let body = PeerBody::Rights { image_id: IMAGE.into(), views, version };
+        // The tag under the share key the cloud issued when alice delivered the image.
+        let mac = common::auth::rights_tag(&SHARE_KEY, "grant", "alice", "bob", IMAGE, views, version);
+        let body = PeerBody::Rights { image_id: IMAGE.into(), views, version, mac };
         self.alice.env = Some(Envelope { id, from: "alice".into(), to: "bob".into(), body });
         self.alice.grants.push(Grant { version, views, ack: None, failed: None });
         self.note(format!("alice grants v{version}: {views} views (envelope {id:x})"));
@@ -533,9 +542,9 @@ impl World {
         };
         self.alice.current = None;
         match (self.alice.step, result) {
-            (AliceStep::Register, Ok(Answer::Registered { token, .. })) => {
-                self.alice.token = token.clone();
-                self.alice_request(AliceStep::SignIn, Op::SignIn { name: "alice".into(), token });
+            (AliceStep::Register, Ok(Answer::Registered { secret, .. })) => {
+                self.alice.token = secret;
+                self.alice_request(AliceStep::SignIn, Op::SignIn { name: "alice".into(), auth: Auth::default() });
             }
             (AliceStep::SignIn, Ok(Answer::SignedIn { .. })) => self.alice.step = AliceStep::Ready,
             (AliceStep::Register | AliceStep::SignIn, r) => {
@@ -562,7 +571,7 @@ impl World {
                 let envelope = self.alice.env.clone().expect("a grant in progress");
                 let addr = u.addr.expect("checked");
                 self.alice.relay_addr = Some(addr);
-                self.alice_request(AliceStep::Relay, Op::Relay { envelope, addr });
+                self.alice_request(AliceStep::Relay, Op::Relay { auth: Auth::default(), envelope, addr });
             }
             (AliceStep::FailedLookup, _) => {
                 let op = self.buffer_op(None);
@@ -623,8 +632,12 @@ impl World {
         if env.to != "bob" || env.from != "alice" {
             return;
         }
-        let PeerBody::Rights { image_id, views, version } = &env.body else { return };
+        let PeerBody::Rights { image_id, views, version, mac } = &env.body else { return };
         if image_id != IMAGE {
+            return;
+        }
+        if let Err(e) = common::auth::check_rights(&SHARE_KEY, "grant", "alice", "bob", IMAGE, *views, *version, mac) {
+            self.invalid.push(format!("bob refused a grant: {e}"));
             return;
         }
         let (views, version) = (*views, *version);
@@ -648,7 +661,7 @@ impl World {
     }
 
     fn bob_inbox_ack(&mut self) {
-        let op = Op::InboxAck { name: "bob".into(), token: self.bob.token.clone(), ids: self.bob.acked.clone() };
+        let op = Op::InboxAck { name: "bob".into(), auth: Auth::default(), ids: self.bob.acked.clone() };
         self.bob_request(BobStep::Inbox, op);
     }
 
@@ -671,7 +684,7 @@ impl World {
         self.bob.restart = None;
         self.bob.processes += 1;
         self.note(format!("bob STARTS at {} (process {})", addr_of(self.bob.node), self.bob.processes));
-        let op = Op::SignIn { name: "bob".into(), token: self.bob.token.clone() };
+        let op = Op::SignIn { name: "bob".into(), auth: Auth::default() };
         self.bob_request(BobStep::SignIn, op);
     }
 
@@ -694,9 +707,9 @@ impl World {
         };
         self.bob.current = None;
         match (self.bob.step, result) {
-            (BobStep::Register, Ok(Answer::Registered { token, .. })) => {
-                self.bob.token = token.clone();
-                self.bob_request(BobStep::SignIn, Op::SignIn { name: "bob".into(), token });
+            (BobStep::Register, Ok(Answer::Registered { secret, .. })) => {
+                self.bob.token = secret;
+                self.bob_request(BobStep::SignIn, Op::SignIn { name: "bob".into(), auth: Auth::default() });
             }
             (BobStep::Register, r) => {
                 self.note(format!("bob's registration failed: {r:?}; trying again"));
@@ -816,7 +829,7 @@ impl World {
             Event::BobOff { clean } => match self.bob.step {
                 BobStep::Online if clean => {
                     self.note("bob quits: signing out".into());
-                    let op = Op::SignOut { name: "bob".into(), token: self.bob.token.clone() };
+                    let op = Op::SignOut { name: "bob".into(), auth: Auth::default() };
                     self.bob_request(BobStep::Quitting, op);
                 }
                 BobStep::Offline | BobStep::Quitting | BobStep::Register => {}

@@ -47,6 +47,7 @@ pub struct Cloud {
     max_payload: usize,
     start: Instant,
     peer_rx: Option<Receiver<Incoming>>,
+    secret: Option<Vec<u8>>,
     /// Called with (done, total) while a payload over 1 MB moves.
     pub progress: Option<ProgressFn>,
 }
@@ -106,8 +107,14 @@ impl Cloud {
             max_payload: cfg.max_payload,
             start: Instant::now(),
             peer_rx: Some(peer_rx),
+            secret: None,
             progress: None,
         })
+    }
+
+    /// The user's secret: from now on, requests that act for the user are signed with it.
+    pub fn set_secret(&mut self, secret: Vec<u8>) {
+        self.secret = Some(secret);
     }
 
     /// The peer traffic (messages from other users, their transfers); taken once by the engine.
@@ -156,7 +163,12 @@ impl Cloud {
     /// a result announced by transfer is downloaded before returning.
     pub fn call(&mut self, op: Op, payload: Option<&[u8]>) -> Result<CallResult, String> {
         let now = self.now();
-        let (rid, msg) = self.req.start(now, op);
+        let secret = self.secret.as_deref();
+        let (rid, msg) = self.req.start_with(now, op, |op, rid| {
+            if let Some(s) = secret {
+                common::auth::sign_request(op, rid, s, common::auth::wall_ms());
+            }
+        });
         self.multicast(&msg);
         let mut uploading: Option<(ServerId, u64)> = None;
         let mut reply: Option<Reply> = None;

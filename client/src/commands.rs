@@ -5,8 +5,10 @@ use crate::cloud::Cloud;
 use crate::engine::{Command, Engine, EngineCtx};
 use crate::sharing::{self, Sharing};
 use crate::store::{write_atomic, Identity, Store};
+use common::auth::{own_image_aad, rights_tag, share_aad, shared_image_aad};
 use common::config::ClusterConfig;
-use common::protocol::{Answer, Op, PeerBody, UserInfo};
+use common::crypto::{self, Key, Purpose};
+use common::protocol::{Answer, Auth, Op, PeerBody, UserInfo};
 use common::rights::Rights;
 use parking_lot::Mutex;
 use std::io::IsTerminal;
@@ -74,7 +76,7 @@ fn parse_views(s: &str) -> Result<u32, String> {
 }
 
 impl Session {
-    /// Connects, registers on first run (saving the token), and signs in.
+    /// Connects, registers on first run (saving the secret), and signs in.
     pub fn start(cfg: &ClusterConfig, name: &str, data: PathBuf) -> Result<Session, String> {
         common::names::check_user(name)?;
         let store = Store::open(data)?;
@@ -83,15 +85,16 @@ impl Session {
             Some(id) if id.name == name => id,
             Some(id) => return Err(format!("the data folder belongs to {}, not {name}", id.name)),
             None => match answer(Op::Register { name: name.into() }, &mut cloud)? {
-                Answer::Registered { user_id, name, token } => {
-                    let id = Identity { name, user_id, token };
+                Answer::Registered { user_id, name, secret } => {
+                    let id = Identity { name, user_id, secret };
                     store.save_identity(&id)?;
                     id
                 }
                 other => return Err(format!("unexpected answer to register: {other:?}")),
             },
         };
-        match answer(Op::SignIn { name: me.name.clone(), token: me.token.clone() }, &mut cloud)? {
+        cloud.set_secret(me.secret_bytes());
+        match answer(Op::SignIn { name: me.name.clone(), auth: Auth::default() }, &mut cloud)? {
             Answer::SignedIn { .. } => {}
             other => return Err(format!("unexpected answer to sign-in: {other:?}")),
         }
@@ -199,7 +202,7 @@ impl Session {
     /// Signs out (best effort: used on quit, end of input and Ctrl-C).
     pub fn sign_out(&mut self) {
         self.remove_temp();
-        let op = Op::SignOut { name: self.me.name.clone(), token: self.me.token.clone() };
+        let op = Op::SignOut { name: self.me.name.clone(), auth: Auth::default() };
         let _ = answer(op, &mut self.cloud.lock());
     }
 
@@ -275,21 +278,24 @@ impl Session {
             return self.grant(&req.from.clone(), &req.image_id.clone(), views);
         }
         let result = (|| {
-            let png = std::fs::read(self.store.image_path(&req.image_id))
-                .map_err(|_| format!("you have no image {}", req.image_id))?;
             let addr = self.online_addr(&req.from)?.ok_or(format!("{} is offline; approve again later", req.from))?;
-            let version = self.sharing.lock().grant(&req.from, &req.image_id, views);
-            self.sharing.lock().save(&self.store)?;
-            let rights = Rights {
-                owner: self.me.name.clone(),
-                viewer: req.from.clone(),
-                image_id: req.image_id.clone(),
-                views,
-                version,
+            let (viewer, image_id) = (req.from.clone(), req.image_id.clone());
+            let (key, ticket) = self.share_key(&viewer, &image_id)?;
+            let png = self.sealed_copy(&viewer, &image_id, &key)?;
+            let version = {
+                let mut sh = self.sharing.lock();
+                let v = sh.grant(&viewer, &image_id, views);
+                sh.set_key(&viewer, &image_id, &key);
+                sh.save(&self.store)?;
+                v
             };
+            let me = self.me.name.clone();
+            let rights =
+                Rights { owner: me.clone(), viewer: viewer.clone(), image_id: image_id.clone(), views, version };
             let png = common::rights::embed(&png, &rights).map_err(|e| e.to_string())?;
-            let (user, image_id) = (req.from.clone(), req.image_id.clone());
-            self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user, addr, image_id, views, version, png, reply })
+            let mac = rights_tag(&key, "deliver", &me, &viewer, &image_id, views, version);
+            let body = PeerBody::Deliver { image_id, views, version, transfer: 0, len: 0, ticket, mac };
+            self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user: viewer, addr, body, png, reply })
         })();
         match result {
             Ok(r) => Ok(format!("{} sent to {} with {views} views: {r}", req.image_id, req.from)),
@@ -298,6 +304,40 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// Asks the cloud (the key distribution centre) for a fresh key for sharing `image_id`
+    /// with `viewer`: returns the key (opened from the owner's copy) and the viewer's ticket.
+    fn share_key(&mut self, viewer: &str, image_id: &str) -> Result<(Key, String), String> {
+        let op = Op::ShareKey {
+            owner: self.me.name.clone(),
+            auth: Auth::default(),
+            viewer: viewer.into(),
+            image_id: image_id.into(),
+        };
+        let Answer::ShareKey { for_owner, for_viewer } = answer(op, &mut self.cloud.lock())? else {
+            return Err("unexpected answer to the share-key request".into());
+        };
+        let sealed = crypto::from_hex(&for_owner).ok_or("malformed share key")?;
+        let key = crypto::open(&self.me.key(Purpose::Wrap), &share_aad(&self.me.name, viewer, image_id), &sealed)
+            .map_err(|_| "the share key did not come from the cloud".to_string())?
+            .try_into()
+            .map_err(|_| "the share key has the wrong length".to_string())?;
+        Ok((key, for_viewer))
+    }
+
+    /// The owner's stego image of `image_id` with its hidden image re-sealed for `viewer`
+    /// under `key` (same cover, same size: the sealed lengths are equal).
+    fn sealed_copy(&self, viewer: &str, image_id: &str, key: &Key) -> Result<Vec<u8>, String> {
+        let own =
+            std::fs::read(self.store.image_path(image_id)).map_err(|_| format!("you have no image {image_id}"))?;
+        let hidden = common::stego::reveal(&own).map_err(|e| format!("your copy of {image_id} is damaged: {e}"))?;
+        let image = crypto::open(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &hidden)
+            .map_err(|_| format!("your copy of {image_id} was modified"))?;
+        let sealed = crypto::seal(key, &shared_image_aad(&self.me.name, viewer, image_id), &image);
+        let mut pixels = common::stego::decode_image(&own).map_err(|e| e.to_string())?.to_rgba8();
+        common::stego::embed_in_place(&mut pixels, &sealed).map_err(|e| e.to_string())?;
+        common::stego::encode_png(&pixels).map_err(|e| e.to_string())
     }
 
     fn reject(&mut self, n: &str) -> Result<String, String> {
@@ -313,19 +353,21 @@ impl Session {
         if !self.store.images().iter().any(|i| i == image) {
             return Err(format!("you have no image {image}"));
         }
-        let version = {
+        let (version, key) = {
             let mut sh = self.sharing.lock();
+            let key = sh.key(user, image).ok_or(format!("{user} has no copy of {image} (approve a request first)"))?;
             let v = sh.grant(user, image, views);
             sh.save(&self.store)?;
-            v
+            (v, key)
         };
-        self.send_peer(user, PeerBody::Rights { image_id: image.into(), views, version })
+        let mac = rights_tag(&key, "grant", &self.me.name, user, image, views, version);
+        self.send_peer(user, PeerBody::Rights { image_id: image.into(), views, version, mac })
     }
 
     fn view(&mut self, what: &str, lines: &mut Vec<String>) -> Result<String, String> {
         let copy = sharing::find_received(&self.store, what)?;
         let tty = std::io::stdout().is_terminal();
-        match sharing::view(&copy)? {
+        match sharing::view(&self.store, &copy)? {
             Some((hidden, left)) => {
                 let dir = self.store.root().join("tmp");
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -395,9 +437,12 @@ impl Session {
         }
         let preview = common::preview::preview_from_bytes(&image)
             .map_err(|e| format!("{} is not an image this client can read: {e}", path.display()))?;
+        // Only the sealed image leaves this machine, and only the sealed image is hidden.
+        let sealed = crypto::seal(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &image);
         let mut last = String::new();
         for _ in 0..ENCRYPT_TRIES {
-            let attempt = self.cloud.lock().call(Op::Encrypt { len: image.len() as u64 }, Some(&image));
+            let op = Op::Encrypt { owner: self.me.name.clone(), auth: Auth::default(), len: sealed.len() as u64 };
+            let attempt = self.cloud.lock().call(op, Some(&sealed));
             match attempt {
                 Ok(r) => {
                     let server = r.reply.server;
@@ -410,7 +455,7 @@ impl Session {
                         return Err("the result arrived with the wrong length".into());
                     }
                     let back = common::stego::reveal(&stego).map_err(|e| format!("the result is unusable: {e}"))?;
-                    if back != image {
+                    if back != sealed {
                         return Err("the result does not hide the image exactly".into());
                     }
                     let id = self.store.new_image_id(path);
@@ -426,8 +471,7 @@ impl Session {
 
     /// Tells the directory which images this client shares.
     pub fn publish_images(&mut self) -> Result<(), String> {
-        let op =
-            Op::SetImages { name: self.me.name.clone(), token: self.me.token.clone(), images: self.store.images() };
+        let op = Op::SetImages { name: self.me.name.clone(), auth: Auth::default(), images: self.store.images() };
         answer(op, &mut self.cloud.lock()).map(|_| ())
     }
 }

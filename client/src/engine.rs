@@ -5,9 +5,11 @@
 
 use crate::cloud::{Cloud, Incoming};
 use crate::peer::{LinkEvent, PeerLink};
-use crate::sharing::{self, Sharing};
+use crate::sharing::{self, Delivery, Sharing};
 use crate::store::{Identity, Store};
-use common::protocol::{encode_msg, encode_xfer, Answer, Envelope, Op, PeerBody};
+use common::auth::{check_rights, share_aad};
+use common::crypto::{self, Purpose};
+use common::protocol::{encode_msg, encode_xfer, Answer, Auth, Envelope, Op, PeerBody};
 use common::rights::{decode_gallery, encode_gallery, GalleryItem};
 use common::rng::Rng;
 use common::transfer::{TransferConfig, TransferEvent, Transfers};
@@ -35,16 +37,9 @@ pub enum Command {
     Send { user: String, addr: Option<SocketAddr>, body: PeerBody, reply: Reply<String> },
     /// Fetch, apply in order and acknowledge what the cloud buffered for us; replies the count.
     PullInbox { reply: Reply<usize> },
-    /// Send an approved image (stego PNG with rights embedded) to `user` at `addr`.
-    Deliver {
-        user: String,
-        addr: SocketAddr,
-        image_id: String,
-        views: u32,
-        version: u64,
-        png: Vec<u8>,
-        reply: Reply<String>,
-    },
+    /// Send an approved image (stego PNG with rights embedded) to `user` at `addr`, announced
+    /// by `body` (a `Deliver` with the ticket and the rights tag).
+    Deliver { user: String, addr: SocketAddr, body: PeerBody, png: Vec<u8>, reply: Reply<String> },
 }
 
 /// Everything the engine works with.
@@ -101,7 +96,7 @@ struct State {
     deliver_sending: HashMap<u64, Reply<String>>,
     galleries: HashMap<u64, Reply<Vec<GalleryItem>>>,
     gallery_asks: HashMap<u64, u64>,
-    incoming_images: HashMap<u64, (String, String)>,
+    incoming_images: HashMap<u64, Delivery>,
     last_pull: u64,
 }
 
@@ -212,11 +207,14 @@ impl State {
             Command::PullInbox { reply } => {
                 let _ = reply.send(self.pull_inbox());
             }
-            Command::Deliver { user, addr, image_id, views, version, png, reply } => {
+            Command::Deliver { user, addr, mut body, png, reply } => {
                 let transfer = self.rng.next_u64();
-                let len = png.len() as u64;
+                if let PeerBody::Deliver { transfer: t, len, .. } = &mut body {
+                    *t = transfer;
+                    *len = png.len() as u64;
+                }
                 self.deliver_to.insert(transfer, user.clone());
-                let env = self.envelope(&user, PeerBody::Deliver { image_id, views, version, transfer, len });
+                let env = self.envelope(&user, body);
                 self.deliver_offers.insert(env.id, (addr, transfer, png, reply));
                 self.link.send(now, addr, env);
             }
@@ -231,7 +229,7 @@ impl State {
         let mut total = 0;
         let from = SocketAddr::from(([0, 0, 0, 0], 0));
         loop {
-            let op = Op::InboxAck { name: self.ctx.me.name.clone(), token: self.ctx.me.token.clone(), ids: acked };
+            let op = Op::InboxAck { name: self.ctx.me.name.clone(), auth: Auth::default(), ids: acked };
             let answer = self.ctx.cloud.lock().call(op, None)?.reply.result?;
             let Answer::Inbox(pending) = answer else { return Err(format!("unexpected answer {answer:?}")) };
             if pending.is_empty() {
@@ -253,17 +251,13 @@ impl State {
         let to = env.to.clone();
         let mut cloud = self.ctx.cloud.lock();
         if let Some(addr) = addr {
-            let relayed = cloud.call(Op::Relay { envelope: env.clone(), addr }, None)?.reply.result?;
+            let relayed =
+                cloud.call(Op::Relay { auth: Auth::default(), envelope: env.clone(), addr }, None)?.reply.result?;
             if relayed == (Answer::Relayed { delivered: true }) {
                 return Ok(format!("delivered to {to} (through the cloud)"));
             }
         }
-        let op = Op::Buffer {
-            name: self.ctx.me.name.clone(),
-            token: self.ctx.me.token.clone(),
-            envelope: env,
-            unreachable: addr,
-        };
+        let op = Op::Buffer { name: self.ctx.me.name.clone(), auth: Auth::default(), envelope: env, unreachable: addr };
         match cloud.call(op, None)?.reply.result? {
             Answer::Buffered => Ok(format!("queued for {to} (offline)")),
             other => Err(format!("unexpected answer {other:?}")),
@@ -348,13 +342,19 @@ impl State {
             PeerBody::Rejected { image_id, reason } => {
                 notice(&format!("{who} rejected your request for {image_id}: {reason}"))
             }
-            PeerBody::Deliver { image_id, transfer, len, .. } => {
-                if self.transfers.expect(now, transfer, from, len as usize).is_ok() {
-                    self.incoming_images.insert(transfer, (who, image_id));
+            PeerBody::Deliver { image_id, views, version, transfer, len, ticket, mac } => {
+                match self.open_delivery(&who, &image_id, views, version, &ticket, &mac) {
+                    Ok(d) => {
+                        if self.transfers.expect(now, transfer, from, len as usize).is_ok() {
+                            self.incoming_images.insert(transfer, d);
+                        }
+                    }
+                    Err(e) => notice(&format!("refused a delivery from {who}: {e}")),
                 }
             }
-            PeerBody::Rights { image_id, views, version } => {
-                match sharing::apply_rights(&self.ctx.store, &who, &image_id, views, version) {
+            PeerBody::Rights { image_id, views, version, mac } => {
+                let me = self.ctx.me.name.clone();
+                match sharing::apply_rights(&self.ctx.store, &me, &who, &image_id, views, version, &mac) {
                     Ok(Some(what)) => notice(&what),
                     Ok(None) => {}
                     Err(e) => notice(&format!("could not apply {who}'s update of {image_id}: {e}")),
@@ -363,15 +363,36 @@ impl State {
         }
     }
 
+    /// Opens the cloud's ticket (the share key sealed for us) and checks the owner's tag on
+    /// the announced rights.
+    fn open_delivery(
+        &self,
+        owner: &str,
+        image_id: &str,
+        views: u32,
+        version: u64,
+        ticket: &str,
+        mac: &str,
+    ) -> Result<Delivery, String> {
+        let me = &self.ctx.me.name;
+        let sealed = crypto::from_hex(ticket).ok_or("malformed ticket")?;
+        let key: crypto::Key = crypto::open(&self.ctx.me.key(Purpose::Wrap), &share_aad(owner, me, image_id), &sealed)
+            .map_err(|_| "the ticket was not issued by the cloud for this share".to_string())?
+            .try_into()
+            .map_err(|_| "the ticket holds no key".to_string())?;
+        check_rights(&key, "deliver", owner, me, image_id, views, version, mac)?;
+        Ok(Delivery { owner: owner.into(), image_id: image_id.into(), views, version, key })
+    }
+
     fn transfer_event(&mut self, ev: TransferEvent<SocketAddr>) {
         match ev {
             TransferEvent::Received { id, payload, .. } => {
                 if let Some(reply) = self.galleries.remove(&id) {
                     let _ = reply.send(decode_gallery(&payload).map_err(|e| e.to_string()));
-                } else if let Some((owner, image_id)) = self.incoming_images.remove(&id) {
-                    match sharing::store_delivery(&self.ctx.store, &self.ctx.me.name, &owner, &image_id, &payload) {
-                        Ok(r) => notice(&format!("received {image_id} from {owner} with {} views", r.views)),
-                        Err(e) => notice(&format!("refused the image from {owner}: {e}")),
+                } else if let Some(d) = self.incoming_images.remove(&id) {
+                    match sharing::store_delivery(&self.ctx.store, &self.ctx.me.name, &d, &payload) {
+                        Ok(r) => notice(&format!("received {} from {} with {} views", d.image_id, d.owner, r.views)),
+                        Err(e) => notice(&format!("refused the image from {}: {e}", d.owner)),
                     }
                 }
             }

@@ -1,4 +1,4 @@
-//! The client's data folder: its identity (name, user id, secret token; file mode 0600) and
+//! The client's data folder: its identity (name, user id, secret; file mode 0600) and
 //! its own images (stego PNGs with their low-resolution previews). Every write is atomic.
 
 use common::names::check_image_id;
@@ -14,8 +14,9 @@ pub struct Identity {
     pub name: String,
     /// Numeric id.
     pub user_id: u64,
-    /// Secret token (keep private).
-    pub token: String,
+    /// The secret the cloud issued (64 hex digits; keep private).
+    #[serde(alias = "token")]
+    pub secret: String,
 }
 
 /// A client's data folder.
@@ -42,6 +43,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Stri
     f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+impl Identity {
+    /// The secret as key material.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        common::auth::secret_bytes(&self.secret)
+    }
+
+    /// The key `purpose` derived from the secret.
+    pub fn key(&self, purpose: common::crypto::Purpose) -> common::crypto::Key {
+        common::crypto::derive(&self.secret_bytes(), purpose)
+    }
 }
 
 impl Store {
@@ -133,7 +146,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let s = Store::open(dir.clone()).unwrap();
         assert_eq!(s.identity().unwrap(), None);
-        let id = Identity { name: "alice".into(), user_id: 7, token: "t".into() };
+        let id = Identity { name: "alice".into(), user_id: 7, secret: "t".into() };
         s.save_identity(&id).unwrap();
         assert_eq!(s.identity().unwrap(), Some(id));
         #[cfg(unix)]

@@ -80,6 +80,14 @@ pub struct ClusterConfig {
     /// Failure simulation: how long a server stays up after coming back before passing the token, in ms.
     #[serde(default = "d_up")]
     pub simulate_up_ms: u64,
+    /// How far a signed request's or a server frame's timestamp may be from the receiver's
+    /// clock, in ms (replays outside it are refused; must be below `answer_ttl_ms`).
+    #[serde(default = "d_auth_window")]
+    pub auth_window_ms: u64,
+    /// File holding the key that authenticates messages between servers (64 hex digits);
+    /// created by the first server that starts. Default: `cluster.key` in `data_dir`.
+    #[serde(default)]
+    pub cluster_key_file: Option<String>,
 }
 
 fn d_load_interval() -> u64 {
@@ -130,6 +138,9 @@ fn d_down() -> u64 {
 fn d_up() -> u64 {
     10_000
 }
+fn d_auth_window() -> u64 {
+    crate::auth::DEFAULT_WINDOW_MS
+}
 
 /// Largest datagram the wire format produces or accepts.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -168,6 +179,8 @@ impl ClusterConfig {
             request_timeout_ms: d_request_timeout(),
             simulate_down_ms: d_down(),
             simulate_up_ms: d_up(),
+            auth_window_ms: d_auth_window(),
+            cluster_key_file: None,
         }
     }
 
@@ -200,6 +213,7 @@ impl ClusterConfig {
             ("request_timeout_ms", self.request_timeout_ms),
             ("pool_size", self.pool_size as u64),
             ("window", self.window as u64),
+            ("auth_window_ms", self.auth_window_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -209,10 +223,21 @@ impl ClusterConfig {
         if self.failure_timeout_ms <= self.load_interval_ms {
             return Err("field `failure_timeout_ms`: must be longer than `load_interval_ms`".into());
         }
+        if self.auth_window_ms >= self.answer_ttl_ms {
+            return Err("field `auth_window_ms`: must be shorter than `answer_ttl_ms` (replays in the window must find their answer)".into());
+        }
         if !(256..=60_000).contains(&self.chunk_size) {
             return Err("field `chunk_size`: must be between 256 and 60000 bytes".into());
         }
         Ok(())
+    }
+
+    /// The cluster key file.
+    pub fn cluster_key_path(&self) -> std::path::PathBuf {
+        match &self.cluster_key_file {
+            Some(f) => std::path::PathBuf::from(f),
+            None => Path::new(&self.data_dir).join("cluster.key"),
+        }
     }
 
     /// The entry of server `id`.

@@ -2,7 +2,9 @@
 //! (reliable transfer, steganography, previews) used by both the servers and the clients.
 
 pub mod args;
+pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod log;
 pub mod names;
 pub mod preview;

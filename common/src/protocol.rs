@@ -61,8 +61,10 @@ pub struct UserRecord {
     pub name: String,
     /// Stable numeric id.
     pub user_id: u64,
-    /// Secret token the client proves itself with.
-    pub token: String,
+    /// The user's secret (64 hex digits), issued at registration: the keys that authenticate
+    /// the user's requests, wrap its share keys and seal its own images derive from it.
+    #[serde(alias = "token")]
+    pub secret: String,
     /// Where the user's client listens, when known.
     pub addr: Option<SocketAddr>,
     /// Signed in right now.
@@ -108,10 +110,13 @@ pub enum PeerBody {
     ImageRequest { image_id: String, views: u32, more: bool },
     /// The owner said no.
     Rejected { image_id: String, reason: String },
-    /// The owner approved: the stego image (rights embedded) follows by transfer once acked.
-    Deliver { image_id: String, views: u32, version: u64, transfer: u64, len: u64 },
-    /// The owner sets the views left on its image (0 = revoked: delete the copy).
-    Rights { image_id: String, views: u32, version: u64 },
+    /// The owner approved: the stego image (rights embedded, the hidden image sealed under the
+    /// share key) follows by transfer once acked. `ticket`: the share key as the cloud sealed it
+    /// for the viewer (hex); `mac`: the rights tag under the share key (hex).
+    Deliver { image_id: String, views: u32, version: u64, transfer: u64, len: u64, ticket: String, mac: String },
+    /// The owner sets the views left on its image (0 = revoked: delete the copy); `mac`: the
+    /// rights tag under the share key (hex), so only the owner can send it.
+    Rights { image_id: String, views: u32, version: u64, mac: String },
 }
 
 /// A peer message with its sender, recipient and an id for acknowledgement and deduplication.
@@ -140,32 +145,46 @@ pub struct InboxEntry {
     pub version: Version,
 }
 
+/// Proof that a request comes from the user it acts for: a wall-clock timestamp (ms since the
+/// Unix epoch) and an HMAC-SHA256 tag (hex) over the request id and the operation (see `auth.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// When the client signed the request.
+    pub ts: u64,
+    /// The tag, 64 hex digits.
+    pub tag: String,
+}
+
 /// An operation a client asks the cloud for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Create a user; the answer carries its secret token.
+    /// Create a user; the answer carries its secret.
     Register { name: String },
     /// Mark the user online at the request's source address.
-    SignIn { name: String, token: String },
+    SignIn { name: String, auth: Auth },
     /// Mark the user offline.
-    SignOut { name: String, token: String },
+    SignOut { name: String, auth: Auth },
     /// Look one user up.
     Lookup { name: String },
     /// Online users with their address and images.
     ListOnline,
     /// Replace the list of images the user shares.
-    SetImages { name: String, token: String, images: Vec<String> },
-    /// Hide an image of `len` bytes in a cover; the bytes follow by transfer once accepted.
-    Encrypt { len: u64 },
+    SetImages { name: String, auth: Auth, images: Vec<String> },
+    /// Hide `owner`'s image of `len` bytes (sealed under the owner's own key) in a cover; the
+    /// bytes follow by transfer once accepted.
+    Encrypt { owner: String, auth: Auth, len: u64 },
     /// Every server answers with its own status (not elected).
     Status,
-    /// Try to deliver a peer message the sender could not deliver itself, at `addr`.
-    Relay { envelope: Envelope, addr: SocketAddr },
-    /// Keep a peer message for its offline recipient (the sender proves itself with its token).
+    /// Try to deliver a peer message the sender (`envelope.from`) could not deliver itself, at `addr`.
+    Relay { auth: Auth, envelope: Envelope, addr: SocketAddr },
+    /// Keep a peer message for its offline recipient (`name` is the sender).
     /// `unreachable`: the address the sender and the cloud failed to reach, if any.
-    Buffer { name: String, token: String, envelope: Envelope, unreachable: Option<SocketAddr> },
+    Buffer { name: String, auth: Auth, envelope: Envelope, unreachable: Option<SocketAddr> },
     /// The recipient got these buffered messages: drop them everywhere.
-    InboxAck { name: String, token: String, ids: Vec<u64> },
+    InboxAck { name: String, auth: Auth, ids: Vec<u64> },
+    /// The owner approved `viewer`'s request for `image_id`: the cloud (key distribution
+    /// centre) makes a fresh share key and seals it for the owner and for the viewer.
+    ShareKey { owner: String, auth: Auth, viewer: String, image_id: String },
 }
 
 impl Op {
@@ -183,20 +202,61 @@ impl Op {
             Op::Relay { .. } => "relay",
             Op::Buffer { .. } => "buffer",
             Op::InboxAck { .. } => "inbox-ack",
+            Op::ShareKey { .. } => "share-key",
         }
     }
 
-    /// The user the operation reads or writes, if any.
+    /// The user the operation acts for, who must sign it (None: anyone may ask).
+    pub fn signer(&self) -> Option<&str> {
+        match self {
+            Op::SignIn { name, .. }
+            | Op::SignOut { name, .. }
+            | Op::SetImages { name, .. }
+            | Op::Buffer { name, .. }
+            | Op::InboxAck { name, .. } => Some(name),
+            Op::Encrypt { owner, .. } | Op::ShareKey { owner, .. } => Some(owner),
+            Op::Relay { envelope, .. } => Some(&envelope.from),
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+        }
+    }
+
+    /// The operation's authentication, if it acts for a user.
+    pub fn auth(&self) -> Option<&Auth> {
+        match self {
+            Op::SignIn { auth, .. }
+            | Op::SignOut { auth, .. }
+            | Op::SetImages { auth, .. }
+            | Op::Encrypt { auth, .. }
+            | Op::Relay { auth, .. }
+            | Op::Buffer { auth, .. }
+            | Op::InboxAck { auth, .. }
+            | Op::ShareKey { auth, .. } => Some(auth),
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+        }
+    }
+
+    /// The operation's authentication, to sign it.
+    pub fn auth_mut(&mut self) -> Option<&mut Auth> {
+        match self {
+            Op::SignIn { auth, .. }
+            | Op::SignOut { auth, .. }
+            | Op::SetImages { auth, .. }
+            | Op::Encrypt { auth, .. }
+            | Op::Relay { auth, .. }
+            | Op::Buffer { auth, .. }
+            | Op::InboxAck { auth, .. }
+            | Op::ShareKey { auth, .. } => Some(auth),
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+        }
+    }
+
+    /// The user whose record the operation writes, or else the user it acts for (a vote
+    /// carries the voter's copy of that record, so the executor never acts on a stale replica).
     pub fn user(&self) -> Option<&str> {
         match self {
-            Op::Register { name }
-            | Op::SignIn { name, .. }
-            | Op::SignOut { name, .. }
-            | Op::Lookup { name }
-            | Op::SetImages { name, .. }
-            | Op::InboxAck { name, .. } => Some(name),
+            Op::Register { name } | Op::Lookup { name } => Some(name),
             Op::Buffer { envelope, .. } => Some(&envelope.to),
-            Op::ListOnline | Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => None,
+            _ => self.signer(),
         }
     }
 
@@ -243,8 +303,8 @@ pub struct ServerStatus {
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
-    /// A new user: keep the token secret.
-    Registered { user_id: u64, name: String, token: String },
+    /// A new user and its secret (64 hex digits): keep it private.
+    Registered { user_id: u64, name: String, secret: String },
     /// Signed in.
     SignedIn { user_id: u64 },
     /// Signed out.
@@ -265,6 +325,9 @@ pub enum Answer {
     Buffered,
     /// Messages buffered for the user while offline, oldest first (sent after sign-in).
     Inbox(Vec<Envelope>),
+    /// A fresh share key (hex of a sealed key), sealed for the owner and for the viewer under
+    /// each one's wrapping key, bound to (owner, viewer, image).
+    ShareKey { for_owner: String, for_viewer: String },
 }
 
 /// The answer to a request.
@@ -401,35 +464,36 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
 
 fn check_op(op: &Op) -> Result<(), WireError> {
     let user = |n: &str| check_user(n).map_err(WireError);
-    let token = |t: &str| {
-        if t.len() > 128 {
-            bad("token too long")
-        } else {
-            Ok(())
+    if let Some(a) = op.auth() {
+        if a.tag.len() != 64 {
+            return bad("authentication tag must be 64 hex digits");
         }
-    };
+    }
     match op {
         Op::Register { name } | Op::Lookup { name } => user(name),
-        Op::SignIn { name, token: t } | Op::SignOut { name, token: t } => user(name).and(token(t)),
-        Op::SetImages { name, token: t, images } => {
+        Op::SignIn { name, .. } | Op::SignOut { name, .. } => user(name),
+        Op::SetImages { name, images, .. } => {
             user(name)?;
-            token(t)?;
             check_images(images)
         }
-        Op::ListOnline | Op::Status | Op::Encrypt { .. } => Ok(()),
+        Op::ListOnline | Op::Status => Ok(()),
+        Op::Encrypt { owner, .. } => user(owner),
+        Op::ShareKey { owner, viewer, image_id, .. } => {
+            user(owner)?;
+            user(viewer)?;
+            check_image_id(image_id).map_err(WireError)
+        }
         Op::Relay { envelope, .. } => check_envelope(envelope),
-        Op::Buffer { name, token: t, envelope, .. } => {
+        Op::Buffer { name, envelope, .. } => {
             user(name)?;
-            token(t)?;
             check_envelope(envelope)?;
             if &envelope.from != name {
                 return bad("a buffered message must come from its sender");
             }
             Ok(())
         }
-        Op::InboxAck { name, token: t, ids } => {
+        Op::InboxAck { name, ids, .. } => {
             user(name)?;
-            token(t)?;
             if ids.len() > 1024 {
                 return bad("too many ids");
             }
@@ -444,9 +508,21 @@ pub fn check_envelope(e: &Envelope) -> Result<(), WireError> {
     check_user(&e.to).map_err(WireError)?;
     match &e.body {
         PeerBody::GalleryRequest { .. } => Ok(()),
-        PeerBody::ImageRequest { image_id, .. }
-        | PeerBody::Deliver { image_id, .. }
-        | PeerBody::Rights { image_id, .. } => check_image_id(image_id).map_err(WireError),
+        PeerBody::ImageRequest { image_id, .. } => check_image_id(image_id).map_err(WireError),
+        PeerBody::Deliver { image_id, ticket, mac, .. } => {
+            check_image_id(image_id).map_err(WireError)?;
+            if ticket.len() > 256 || mac.len() > 64 {
+                return bad("ticket or tag too long");
+            }
+            Ok(())
+        }
+        PeerBody::Rights { image_id, mac, .. } => {
+            check_image_id(image_id).map_err(WireError)?;
+            if mac.len() > 64 {
+                return bad("tag too long");
+            }
+            Ok(())
+        }
         PeerBody::Rejected { image_id, reason } => {
             check_image_id(image_id).map_err(WireError)?;
             if reason.len() > 200 {

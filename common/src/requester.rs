@@ -77,7 +77,13 @@ impl Requester {
 
     /// Starts a request: returns its id and the message to multicast to every server.
     pub fn start(&mut self, now: u64, op: Op) -> (RequestId, Msg) {
+        self.start_with(now, op, |_, _| {})
+    }
+
+    /// Starts a request, letting `sign` fill in its authentication once its id is known.
+    pub fn start_with(&mut self, now: u64, mut op: Op, sign: impl FnOnce(&mut Op, RequestId)) -> (RequestId, Msg) {
         let rid = RequestId { client: self.client, seq: self.next_seq };
+        sign(&mut op, rid);
         self.next_seq += 1;
         self.stats.started += 1;
         self.outstanding.insert(rid, Outstanding { op: op.clone(), started: now, last_sent: now });

@@ -234,7 +234,7 @@ mod tests {
         UserRecord {
             name: name.into(),
             user_id: 1,
-            token: "t".into(),
+            secret: "t".into(),
             addr: None,
             online,
             images: vec![],

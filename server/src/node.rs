@@ -48,6 +48,7 @@ use crate::election::{load_figure, LoadTable, Policy, FAILED};
 use crate::failure::{FailureSim, SimAction};
 use crate::service;
 use common::config::{ClusterConfig, ServerId};
+use common::crypto::{Key, KeyGen, Purpose};
 use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, ServerStatus, UserRecord};
 use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -100,7 +101,17 @@ pub struct NodeConfig {
     pub up_ms: u64,
     /// Keep a list of every request executed here (for tests).
     pub record_executions: bool,
+    /// How far a request's timestamp may be from the wall clock, ms (below `answer_ttl`, so a
+    /// replay inside the window finds the request's answer and is not executed again).
+    pub auth_window: u64,
+    /// Wall-clock time (ms since the Unix epoch) at node time 0.
+    pub wall_base: u64,
+    /// Seed of the secret-key generator (simulations); `None`: the operating system's.
+    pub key_seed: Option<u64>,
 }
+
+/// Wall-clock time at node time 0 in the simulations.
+pub const SIM_WALL_BASE: u64 = 1_700_000_000_000;
 
 impl NodeConfig {
     /// The settings the simulations use: the config defaults for `servers`, executions recorded.
@@ -118,6 +129,9 @@ impl NodeConfig {
             down_ms: 20_000,
             up_ms: 10_000,
             record_executions: true,
+            auth_window: common::auth::DEFAULT_WINDOW_MS,
+            wall_base: SIM_WALL_BASE,
+            key_seed: Some(id as u64),
         }
     }
 
@@ -136,6 +150,9 @@ impl NodeConfig {
             down_ms: cfg.simulate_down_ms,
             up_ms: cfg.simulate_up_ms,
             record_executions: false,
+            auth_window: cfg.auth_window_ms,
+            wall_base: 0,
+            key_seed: None,
         }
     }
 }
@@ -163,8 +180,9 @@ pub enum Input {
 pub enum Output {
     /// Send a message.
     Send { to: Peer, msg: Msg },
-    /// Run a heavy request on the worker pool, then feed back `Input::Executed`.
-    Execute { rid: RequestId, op: Op, reply_to: SocketAddr },
+    /// Run a heavy request on the worker pool, then feed back `Input::Executed`. `key`: the
+    /// own-image key of the user it acts for (to check what it hides).
+    Execute { rid: RequestId, op: Op, reply_to: SocketAddr, key: Option<Key> },
     /// A line for the log.
     Log(String),
 }
@@ -255,7 +273,7 @@ pub struct Node {
     requests: HashMap<RequestId, Entry>,
     active: BTreeSet<RequestId>,
     finished: VecDeque<(u64, RequestId)>,
-    rng: Rng,
+    keys: KeyGen,
     out: Vec<Output>,
     epoch: u64,
     started: u64,
@@ -281,6 +299,10 @@ impl Node {
     pub fn new(cfg: NodeConfig, now: u64, dir: Directory, rng: Rng) -> Self {
         let mut rng = rng;
         let epoch = rng.next_u64() | 1;
+        let keys = match cfg.key_seed {
+            Some(seed) => KeyGen::from_seed(seed ^ rng.next_u64()),
+            None => KeyGen::from_os(),
+        };
         let table = LoadTable::new(cfg.id, &cfg.servers, cfg.failure_timeout, cfg.policy);
         let failure = FailureSim::new(&cfg, now);
         let mut node = Node {
@@ -290,7 +312,7 @@ impl Node {
             requests: HashMap::new(),
             active: BTreeSet::new(),
             finished: VecDeque::new(),
-            rng,
+            keys,
             out: Vec::new(),
             epoch,
             started: now,
@@ -893,11 +915,19 @@ impl Node {
         if self.cfg.record_executions {
             self.executions.push(rid);
         }
-        if op.needs_worker() {
-            self.out.push(Output::Execute { rid, op, reply_to });
+        let wall = self.cfg.wall_base + now;
+        if let Err(e) = service::authorize(&self.dir, rid, &op, wall, self.cfg.auth_window) {
+            self.log(format!("{rid}: {} refused: {e}", op.kind()));
+            let reply = Reply { rid, server: self.cfg.id, result: Err(e) };
+            self.propose(now, rid, Proposal { round, reply, records: vec![] });
             return;
         }
-        let outcome = service::execute(&mut self.dir, self.cfg.id, rid, &op, reply_to, &mut self.rng);
+        if op.needs_worker() {
+            let key = op.signer().and_then(|u| service::user_key(&self.dir, u, Purpose::Own));
+            self.out.push(Output::Execute { rid, op, reply_to, key });
+            return;
+        }
+        let outcome = service::execute(&mut self.dir, self.cfg.id, rid, &op, reply_to, &mut self.keys);
         let reply = Reply { rid, server: self.cfg.id, result: outcome.result };
         self.propose(now, rid, Proposal { round, reply, records: outcome.changed });
     }
@@ -1358,8 +1388,12 @@ mod tests {
         }
         let loads =
             |outs: &[Output]| outs.iter().filter(|o| matches!(o, Output::Send { msg: Msg::Load { .. }, .. })).count();
+        let secret = known_user(&mut n);
         for seq in 1..=EARLY_ANNOUNCE_WORK as u64 {
-            let req = Msg::Request { rid: RequestId { client: 7, seq }, op: Op::Encrypt { len: 10 } };
+            let req = Msg::Request {
+                rid: RequestId { client: 7, seq },
+                op: encrypt(RequestId { client: 7, seq }, &secret, 10),
+            };
             let outs = n.step(10, Input::Message { from: Peer::Client(client()), msg: req });
             assert!(outs.iter().any(|o| matches!(o, Output::Execute { .. })), "executed at once");
         }
@@ -1368,6 +1402,44 @@ mod tests {
         assert_eq!(loads(&outs), 2, "announced to both others");
         assert!(outs.iter().any(|o| matches!(o, Output::Send { msg: Msg::Load { work: 3, .. }, .. })));
         assert_eq!(loads(&n.tick(EARLY_ANNOUNCE_MS * 3)), 0, "only when the queue moved again");
+    }
+
+    /// Puts user "victor" in the node's directory (as a replicated record); returns its secret.
+    fn known_user(n: &mut Node) -> String {
+        let secret = "5e".repeat(32);
+        let rec = UserRecord { name: "victor".into(), secret: secret.clone(), ..record(2, "") };
+        n.step(2, Input::Message { from: Peer::Server(2), msg: Msg::Record { from: 2, record: rec } });
+        secret
+    }
+
+    /// victor's `encrypt` of `len` bytes, signed with `secret` at node time 10.
+    fn encrypt(rid: RequestId, secret: &str, len: u64) -> Op {
+        let mut op = Op::Encrypt { owner: "victor".into(), auth: Default::default(), len };
+        common::auth::sign_request(&mut op, rid, &common::auth::secret_bytes(secret), SIM_WALL_BASE + 10);
+        op
+    }
+
+    #[test]
+    fn forged_and_stale_requests_are_answered_with_an_error_and_never_executed() {
+        let mut n = node(1);
+        for s in [2, 3] {
+            let load = Msg::Load { from: s, load: FAILED, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            n.step(2, Input::Message { from: Peer::Server(s), msg: load });
+        }
+        let secret = known_user(&mut n);
+        let cases = [
+            ("bad tag", encrypt(RequestId { client: 8, seq: 1 }, &"00".repeat(32), 10), 10),
+            ("replay", encrypt(RequestId { client: 8, seq: 2 }, &secret, 10), 10 + 31_000),
+        ];
+        for (seq, (why, op, now)) in cases.into_iter().enumerate() {
+            let rid = RequestId { client: 8, seq: seq as u64 + 1 };
+            let outs = n.step(now, Input::Message { from: Peer::Client(client()), msg: Msg::Request { rid, op } });
+            assert!(!outs.iter().any(|o| matches!(o, Output::Execute { .. })), "{why}: not executed");
+            let refused = outs.iter().any(
+                |o| matches!(o, Output::Send { msg: Msg::Reply(Reply { result: Err(e), .. }), .. } if e.contains(why)),
+            );
+            assert!(refused, "{why}: the client is told: {outs:?}");
+        }
     }
 
     /// The same server restarted from what it saved.
@@ -1389,7 +1461,7 @@ mod tests {
     }
 
     fn reply(server: ServerId, token: &str) -> Reply {
-        let answer = Answer::Registered { user_id: 1, name: "alice".into(), token: token.into() };
+        let answer = Answer::Registered { user_id: 1, name: "alice".into(), secret: token.into() };
         Reply { rid: rid(), server, result: Ok(answer) }
     }
 
@@ -1397,7 +1469,7 @@ mod tests {
         UserRecord {
             name: "alice".into(),
             user_id: 1,
-            token: token.into(),
+            secret: token.into(),
             addr: None,
             online: false,
             images: vec![],
@@ -1483,7 +1555,7 @@ mod tests {
         assert!(n.directory().get("alice").is_none());
         // Server 3 decides its own execution: that is the record everybody keeps.
         from(&mut n, 10, 3, done(3, DECIDED, "t3"));
-        assert_eq!(n.directory().get("alice").map(|r| r.token.as_str()), Some("t3"));
+        assert_eq!(n.directory().get("alice").map(|r| r.secret.as_str()), Some("t3"));
     }
 
     #[test]

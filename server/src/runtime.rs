@@ -8,8 +8,10 @@ use crate::node::{Input, Node, NodeConfig, Output, Peer};
 use crate::pool::Pool;
 use crate::store::Store;
 use crate::{load, work};
+use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
-use common::protocol::{decode, encode_msg, Frame, Msg};
+use common::crypto::Key;
+use common::protocol::{encode_msg, Frame, Msg};
 use common::rng::Rng;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::cell::RefCell;
@@ -92,10 +94,18 @@ impl DropLog {
     }
 }
 
+/// How a receive thread checks what arrives: the cluster key and the replay window.
+#[derive(Clone)]
+struct Guard {
+    key: Key,
+    window_ms: u64,
+}
+
 fn spawn_receiver(
     name: String,
     sock: UdpSocket,
     peers: Option<HashMap<SocketAddr, ServerId>>,
+    guard: Guard,
     tx: Sender<Event>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name.clone()).spawn(move || {
@@ -112,8 +122,14 @@ fn spawn_receiver(
                     continue;
                 }
             };
-            let frame = match decode(&buf[..n]) {
-                Ok(f) => f,
+            let frame = match decode_at_server(&buf[..n], &guard.key, auth::wall_ms(), guard.window_ms) {
+                Ok((f, authenticated)) => {
+                    if authenticated != peers.is_some() {
+                        drops.drop(from, "server frames belong on the server port only");
+                        continue;
+                    }
+                    f
+                }
                 Err(e) => {
                     drops.drop(from, &e.0);
                     continue;
@@ -199,13 +215,18 @@ pub fn run(opts: Options) -> Result<(), String> {
         dir.len(),
         opts.policy
     ));
-    let node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
+    let key = crate::store::cluster_key(&opts.cfg.cluster_key_path())?;
+    let guard = Guard { key, window_ms: opts.cfg.auth_window_ms };
+    let mut node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
+    let start = Instant::now();
+    node_cfg.wall_base = auth::wall_ms();
     let mut node = Node::new(node_cfg, 0, dir, Rng::from_entropy());
 
     let (tx, rx) = bounded::<Event>(QUEUE);
     let err = |e: std::io::Error| e.to_string();
-    spawn_receiver(format!("{who} clients"), client_sock.try_clone().map_err(err)?, None, tx.clone()).map_err(err)?;
-    spawn_receiver(format!("{who} servers"), peer_sock.try_clone().map_err(err)?, Some(peer_ids), tx.clone())
+    spawn_receiver(format!("{who} clients"), client_sock.try_clone().map_err(err)?, None, guard.clone(), tx.clone())
+        .map_err(err)?;
+    spawn_receiver(format!("{who} servers"), peer_sock.try_clone().map_err(err)?, Some(peer_ids), guard, tx.clone())
         .map_err(err)?;
     let load_tx = tx.clone();
     load::spawn(Duration::from_millis(opts.cfg.load_interval_ms), move |s| {
@@ -223,8 +244,8 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
     let mut services = work::Services::new(&opts, client_sock.try_clone().map_err(err)?, pool, tx.clone());
-    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store: RefCell::new(store) };
-    shell.run_loop(&mut node, &mut services, rx)
+    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store: RefCell::new(store), key };
+    shell.run_loop(start, &mut node, &mut services, rx)
 }
 
 struct Shell {
@@ -233,6 +254,7 @@ struct Shell {
     peer_sock: UdpSocket,
     peer_addrs: HashMap<ServerId, SocketAddr>,
     store: RefCell<Store>,
+    key: Key,
 }
 
 impl Shell {
@@ -240,8 +262,13 @@ impl Shell {
         common::log::log(&self.who, line);
     }
 
-    fn run_loop(&self, node: &mut Node, services: &mut work::Services, rx: Receiver<Event>) -> Result<(), String> {
-        let start = Instant::now();
+    fn run_loop(
+        &self,
+        start: Instant,
+        node: &mut Node,
+        services: &mut work::Services,
+        rx: Receiver<Event>,
+    ) -> Result<(), String> {
         let now_ms = || start.elapsed().as_millis() as u64;
         let mut next_tick: u64 = 0;
         loop {
@@ -308,14 +335,17 @@ impl Shell {
         for o in outs {
             match o {
                 Output::Send { to, msg } => self.send(to, &msg),
-                Output::Execute { rid, op, reply_to } => services.execute(now, rid, op, reply_to),
+                Output::Execute { rid, op, reply_to, key } => services.execute(now, rid, op, reply_to, key),
                 Output::Log(line) => self.log(&line),
             }
         }
     }
 
     fn send(&self, to: Peer, msg: &Msg) {
-        let bytes = encode_msg(msg);
+        let bytes = match to {
+            Peer::Server(_) => encode_server(&self.key, auth::wall_ms(), msg),
+            Peer::Client(_) => encode_msg(msg),
+        };
         if bytes.len() > MAX_DATAGRAM {
             self.log(&format!("not sending a {}-byte message: too large for a datagram", bytes.len()));
             return;

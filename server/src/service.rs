@@ -7,9 +7,10 @@
 //! an execution abandoned to a takeover leaves no trace that could win last-writer-wins later.
 
 use crate::directory::Directory;
+use common::auth::{self, secret_bytes};
 use common::config::ServerId;
+use common::crypto::{self, KeyGen, Purpose};
 use common::protocol::{Answer, InboxEntry, Op, RequestId, UserInfo, UserRecord, MAX_LIST};
-use common::rng::Rng;
 use std::net::SocketAddr;
 
 /// Messages one user may have waiting in the cloud (a record must fit one datagram).
@@ -42,19 +43,32 @@ fn user_id_of(name: &str) -> u64 {
     h & 0x000f_ffff_ffff_ffff
 }
 
-fn new_token(rng: &mut Rng) -> String {
-    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+/// Checks that a request acting for a user carries that user's valid tag, made within
+/// `window_ms` of `wall_ms` (the server's wall clock). Requests acting for nobody pass.
+pub fn authorize(dir: &Directory, rid: RequestId, op: &Op, wall_ms: u64, window_ms: u64) -> Result<(), String> {
+    let Some(user) = op.signer() else { return Ok(()) };
+    let rec = dir.get(user).ok_or_else(|| format!("authentication failed: unknown user {user}"))?;
+    auth::check_request(op, rid, &secret_bytes(&rec.secret), wall_ms, window_ms)
 }
 
-/// Executes a directory operation; `from` is the client's address. Only the clock of `dir`
-/// moves (so versions stay unique); the changed records are returned, not applied.
-pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from: SocketAddr, rng: &mut Rng) -> Outcome {
-    let authed = |dir: &Directory, name: &str, token: &str| -> Result<UserRecord, String> {
-        match dir.get(name) {
-            Some(r) if r.token == token => Ok(r.clone()),
-            Some(_) => Err(format!("wrong token for user {name}")),
-            None => Err(format!("unknown user {name}")),
-        }
+/// The key `purpose` of `user`, from the directory.
+pub fn user_key(dir: &Directory, user: &str, purpose: Purpose) -> Option<crypto::Key> {
+    dir.get(user).map(|r| crypto::derive(&secret_bytes(&r.secret), purpose))
+}
+
+/// Executes a directory operation already authorized; `from` is the client's address. Only
+/// the clock of `dir` moves (so versions stay unique); the changed records are returned, not
+/// applied. `keys` makes secrets and share keys.
+pub fn execute(
+    dir: &mut Directory,
+    me: ServerId,
+    rid: RequestId,
+    op: &Op,
+    from: SocketAddr,
+    keys: &mut KeyGen,
+) -> Outcome {
+    let authed = |dir: &Directory, name: &str| -> Result<UserRecord, String> {
+        dir.get(name).cloned().ok_or_else(|| format!("unknown user {name}"))
     };
     match op {
         Op::Register { name } => {
@@ -62,7 +76,7 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
                 if r.created_by == rid {
                     // A retried registration handled twice returns the same user.
                     let result =
-                        Ok(Answer::Registered { user_id: r.user_id, name: r.name.clone(), token: r.token.clone() });
+                        Ok(Answer::Registered { user_id: r.user_id, name: r.name.clone(), secret: r.secret.clone() });
                     return Outcome { result, changed: vec![] };
                 }
                 return fail(format!("the name {name} is taken"));
@@ -70,7 +84,7 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
             let rec = UserRecord {
                 name: name.clone(),
                 user_id: user_id_of(name),
-                token: new_token(rng),
+                secret: crypto::to_hex(&keys.next_key()),
                 addr: None,
                 online: false,
                 images: vec![],
@@ -79,11 +93,11 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
                 inbox: vec![],
             };
             let result =
-                Ok(Answer::Registered { user_id: rec.user_id, name: rec.name.clone(), token: rec.token.clone() });
+                Ok(Answer::Registered { user_id: rec.user_id, name: rec.name.clone(), secret: rec.secret.clone() });
             Outcome { result, changed: vec![rec] }
         }
-        Op::SignIn { name, token } | Op::SignOut { name, token } => {
-            let mut rec = match authed(dir, name, token) {
+        Op::SignIn { name, .. } | Op::SignOut { name, .. } => {
+            let mut rec = match authed(dir, name) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
@@ -98,8 +112,8 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
             rec.version = dir.next_version(me);
             Outcome { result, changed: vec![rec] }
         }
-        Op::SetImages { name, token, images } => {
-            let mut rec = match authed(dir, name, token) {
+        Op::SetImages { name, images, .. } => {
+            let mut rec = match authed(dir, name) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
@@ -129,8 +143,20 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
         Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => {
             fail(format!("{} is not a directory operation", op.kind()))
         }
-        Op::Buffer { name, token, envelope, unreachable } => {
-            if let Err(e) = authed(dir, name, token) {
+        Op::ShareKey { owner, viewer, image_id, .. } => {
+            let (Some(o), Some(v)) = (dir.get(owner), dir.get(viewer)) else {
+                return fail(format!("unknown user {viewer}"));
+            };
+            let share = keys.next_key();
+            let aad = auth::share_aad(owner, viewer, image_id);
+            let wrap = |r: &UserRecord| {
+                crypto::to_hex(&crypto::seal(&crypto::derive(&secret_bytes(&r.secret), Purpose::Wrap), &aad, &share))
+            };
+            let result = Ok(Answer::ShareKey { for_owner: wrap(o), for_viewer: wrap(v) });
+            Outcome { result, changed: vec![] }
+        }
+        Op::Buffer { name, envelope, unreachable, .. } => {
+            if let Err(e) = authed(dir, name) {
                 return fail(e);
             }
             let Some(mut rec) = dir.get(&envelope.to).cloned() else {
@@ -153,8 +179,8 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
             rec.version = v;
             Outcome { result: Ok(Answer::Buffered), changed: vec![rec] }
         }
-        Op::InboxAck { name, token, ids } => {
-            let mut rec = match authed(dir, name, token) {
+        Op::InboxAck { name, ids, .. } => {
+            let mut rec = match authed(dir, name) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
@@ -199,54 +225,123 @@ pub fn execute(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op, from:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::protocol::Auth;
 
     fn addr() -> SocketAddr {
         "127.0.0.1:5000".parse().unwrap()
     }
 
     /// Executes and applies the outcome, as the node does once the request is decided.
-    fn run(d: &mut Directory, me: ServerId, rid: RequestId, op: &Op, rng: &mut Rng) -> Outcome {
-        let out = execute(d, me, rid, op, addr(), rng);
+    fn run(d: &mut Directory, me: ServerId, rid: RequestId, op: &Op, keys: &mut KeyGen) -> Outcome {
+        let out = execute(d, me, rid, op, addr(), keys);
         for r in &out.changed {
             d.apply(r.clone());
         }
         out
     }
 
+    fn signed(mut op: Op, rid: RequestId, secret: &str, now: u64) -> Op {
+        auth::sign_request(&mut op, rid, &secret_bytes(secret), now);
+        op
+    }
+
     #[test]
     fn execution_writes_nothing_until_applied() {
         let mut d = Directory::default();
-        let mut rng = Rng::new(1);
+        let mut keys = KeyGen::from_seed(1);
         let rid = RequestId { client: 1, seq: 1 };
-        let out = execute(&mut d, 1, rid, &Op::Register { name: "alice".into() }, addr(), &mut rng);
+        let out = execute(&mut d, 1, rid, &Op::Register { name: "alice".into() }, addr(), &mut keys);
         assert_eq!(out.changed.len(), 1);
         assert!(d.get("alice").is_none(), "an abandoned execution must leave no record");
-        let again = execute(&mut d, 1, rid, &Op::Register { name: "alice".into() }, addr(), &mut rng);
+        let again = execute(&mut d, 1, rid, &Op::Register { name: "alice".into() }, addr(), &mut keys);
         assert!(again.changed[0].version > out.changed[0].version, "versions stay unique");
+        assert_ne!(again.changed[0].secret, out.changed[0].secret, "every registration gets a fresh secret");
     }
 
     #[test]
     fn register_sign_in_and_retry_is_idempotent() {
         let mut d = Directory::default();
-        let mut rng = Rng::new(1);
+        let mut keys = KeyGen::from_seed(1);
         let rid = RequestId { client: 1, seq: 1 };
         let reg = Op::Register { name: "alice".into() };
-        let a = run(&mut d, 1, rid, &reg, &mut rng);
-        let b = run(&mut d, 2, rid, &reg, &mut rng);
+        let a = run(&mut d, 1, rid, &reg, &mut keys);
+        let b = run(&mut d, 2, rid, &reg, &mut keys);
         assert_eq!(a.result, b.result);
         assert!(b.changed.is_empty());
-        let other = run(&mut d, 1, RequestId { client: 2, seq: 1 }, &reg, &mut rng);
+        let other = run(&mut d, 1, RequestId { client: 2, seq: 1 }, &reg, &mut keys);
         assert!(other.result.unwrap_err().contains("taken"));
-        let Ok(Answer::Registered { token, .. }) = a.result else { panic!() };
-        let bad = Op::SignIn { name: "alice".into(), token: "x".into() };
-        assert!(run(&mut d, 1, rid, &bad, &mut rng).result.is_err());
-        let ok = Op::SignIn { name: "alice".into(), token };
-        let s = run(&mut d, 1, rid, &ok, &mut rng);
+        let Ok(Answer::Registered { secret, .. }) = a.result else { panic!() };
+        assert_eq!(secret.len(), 64);
+        let rid = RequestId { client: 1, seq: 2 };
+        let ok = signed(Op::SignIn { name: "alice".into(), auth: Auth::default() }, rid, &secret, 5_000);
+        assert!(authorize(&d, rid, &ok, 5_100, 1_000).is_ok());
+        let s = run(&mut d, 1, rid, &ok, &mut keys);
         assert!(s.result.is_ok());
         assert_eq!(d.get("alice").unwrap().addr, Some(addr()));
-        let Ok(Answer::Online(list)) = execute(&mut d, 1, rid, &Op::ListOnline, addr(), &mut rng).result else {
+        let Ok(Answer::Online(list)) = execute(&mut d, 1, rid, &Op::ListOnline, addr(), &mut keys).result else {
             panic!()
         };
         assert_eq!(list.len(), 1);
+    }
+
+    #[test]
+    fn forged_and_replayed_requests_are_refused() {
+        let mut d = Directory::default();
+        let mut keys = KeyGen::from_seed(3);
+        for (seq, name) in [(1, "alice"), (2, "mallory")] {
+            run(&mut d, 1, RequestId { client: 1, seq }, &Op::Register { name: name.into() }, &mut keys);
+        }
+        let mallory = d.get("mallory").unwrap().secret.clone();
+        let rid = RequestId { client: 66, seq: 1 };
+        // Mallory signs a sign-in (an address change) as alice with her own secret.
+        let forged = signed(Op::SignIn { name: "alice".into(), auth: Auth::default() }, rid, &mallory, 5_000);
+        assert!(authorize(&d, rid, &forged, 5_000, 1_000).unwrap_err().contains("bad tag"));
+        // An unsigned request and an unknown user.
+        let bare = Op::SetImages { name: "alice".into(), auth: Auth::default(), images: vec![] };
+        assert!(authorize(&d, rid, &bare, 5_000, 1_000).is_err());
+        let ghost = signed(Op::SignIn { name: "ghost".into(), auth: Auth::default() }, rid, &mallory, 5_000);
+        assert!(authorize(&d, rid, &ghost, 5_000, 1_000).unwrap_err().contains("unknown user"));
+        // Mallory queues a message as alice.
+        let env = common::protocol::Envelope {
+            id: 1,
+            from: "alice".into(),
+            to: "mallory".into(),
+            body: common::protocol::PeerBody::GalleryRequest { transfer: 1 },
+        };
+        let buffer = Op::Buffer { name: "alice".into(), auth: Auth::default(), envelope: env, unreachable: None };
+        let buffer = signed(buffer, rid, &mallory, 5_000);
+        assert!(authorize(&d, rid, &buffer, 5_000, 1_000).is_err());
+        // Mallory's own valid request, replayed after the window.
+        let own = signed(Op::SignOut { name: "mallory".into(), auth: Auth::default() }, rid, &mallory, 5_000);
+        assert!(authorize(&d, rid, &own, 5_500, 1_000).is_ok());
+        assert!(authorize(&d, rid, &own, 7_000, 1_000).unwrap_err().contains("replay"));
+    }
+
+    #[test]
+    fn share_keys_open_for_owner_and_viewer_only() {
+        let mut d = Directory::default();
+        let mut keys = KeyGen::from_seed(4);
+        for (seq, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            run(&mut d, 1, RequestId { client: 1, seq }, &Op::Register { name: name.into() }, &mut keys);
+        }
+        let op =
+            Op::ShareKey { owner: "alice".into(), auth: Auth::default(), viewer: "bob".into(), image_id: "cat".into() };
+        let Ok(Answer::ShareKey { for_owner, for_viewer }) =
+            run(&mut d, 1, RequestId { client: 2, seq: 1 }, &op, &mut keys).result
+        else {
+            panic!()
+        };
+        let wrap = |u: &str| crypto::derive(&secret_bytes(&d.get(u).unwrap().secret), Purpose::Wrap);
+        let aad = auth::share_aad("alice", "bob", "cat");
+        let open = |u: &str, sealed: &str| crypto::open(&wrap(u), &aad, &crypto::from_hex(sealed).unwrap());
+        let k1 = open("alice", &for_owner).unwrap();
+        assert_eq!(open("bob", &for_viewer).unwrap(), k1);
+        assert!(open("carol", &for_viewer).is_err());
+        assert!(crypto::open(
+            &wrap("bob"),
+            &auth::share_aad("alice", "carol", "cat"),
+            &crypto::from_hex(&for_viewer).unwrap()
+        )
+        .is_err());
     }
 }

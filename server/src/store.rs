@@ -5,6 +5,7 @@
 //! atomic replace when it grows. The shell saves before it sends anything a step produced.
 
 use crate::directory::{Directory, Vote};
+use common::crypto::{self, Key};
 use common::protocol::RequestId;
 use std::fs;
 use std::io::{BufRead, Write};
@@ -35,6 +36,13 @@ impl Store {
     pub fn open(data_dir: &Path, id: u32) -> Result<Store, String> {
         let dir = data_dir.join(format!("server-{id}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // The directory holds users' secrets: only this account may read it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+        }
         Ok(Store { dir, log: None, log_lines: 0 })
     }
 
@@ -176,6 +184,48 @@ impl Store {
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
     }
+}
+
+/// The key that authenticates messages between servers, from `path` (64 hex digits). If the
+/// file is missing, a fresh random key is written to a private temporary file and linked into
+/// place: when several servers start at once, exactly one link wins and all read its key.
+pub fn cluster_key(path: &Path) -> Result<Key, String> {
+    let read = || -> Result<Option<Key>, String> {
+        match fs::read_to_string(path) {
+            Ok(text) => crypto::key_from_hex(text.trim())
+                .map(Some)
+                .ok_or_else(|| format!("{} must hold 64 hex digits", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    };
+    if let Some(k) = read()? {
+        return Ok(k);
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(crypto::to_hex(&crypto::random_key()).as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    drop(f);
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+    }
+    read()?.ok_or_else(|| format!("{} vanished", path.display()))
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Heavy requests, done outside the node: for `Encrypt` the server that won the request tells
 //! the client where to send the image (`Accepted`), receives it by reliable transfer, checks
-//! it decodes, hides it in a cover on the worker pool, streams the stego PNG back by transfer
+//! it is the owner's image sealed under the owner's own key and that it decodes, hides the
+//! sealed bytes (never the plain image) in a cover on the worker pool, streams the stego PNG back by transfer
 //! and reports the answer to the node, which commits it like any other. For `Relay` it tries
 //! to reach a peer the sender could not, and reports whether the peer acknowledged.
 
 use crate::node::Input;
 use crate::pool::Pool;
 use crate::runtime::{Event, Options};
+use common::auth::own_image_aad;
 use common::config::ServerId;
+use common::crypto::{self, Key};
 use common::protocol::{encode_msg, encode_xfer, transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
@@ -35,6 +38,8 @@ struct Relay {
 struct Job {
     rid: RequestId,
     client: SocketAddr,
+    owner: String,
+    key: Key,
     last_accept: u64,
     started: bool,
 }
@@ -105,17 +110,18 @@ impl Services {
     }
 
     /// The node won a heavy request: start it.
-    pub fn execute(&mut self, now: u64, rid: RequestId, op: Op, client: SocketAddr) {
-        if let Op::Relay { envelope, addr } = op {
+    pub fn execute(&mut self, now: u64, rid: RequestId, op: Op, client: SocketAddr, key: Option<Key>) {
+        if let Op::Relay { envelope, addr, .. } = op {
             let msg = Msg::Peer(envelope.clone());
             self.send_ctl(addr, &msg);
             self.relays.insert(envelope.id, Relay { rid, to: addr, msg, tries: 1, last: now });
             return;
         }
-        let Op::Encrypt { len } = op else {
+        let (Op::Encrypt { owner, len, .. }, Some(key)) = (&op, key) else {
             self.inputs.push(Input::Executed { rid, result: Err(format!("{} is not a worker operation", op.kind())) });
             return;
         };
+        let (owner, len) = (owner.clone(), *len);
         if len as usize > self.max_payload {
             let msg = format!("the image is {len} bytes; the limit is {} bytes", self.max_payload);
             self.inputs.push(Input::Executed { rid, result: Err(msg) });
@@ -127,7 +133,7 @@ impl Services {
             return;
         }
         self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload });
-        self.jobs.insert(upload, Job { rid, client, last_accept: now, started: false });
+        self.jobs.insert(upload, Job { rid, client, owner, key, last_accept: now, started: false });
         self.flush();
     }
 
@@ -209,7 +215,7 @@ impl Services {
                     if slow > 0 {
                         std::thread::sleep(Duration::from_millis(slow));
                     }
-                    let result = hide(&covers, &payload);
+                    let result = hide(&covers, &job.key, &job.owner, &payload);
                     let _ = tx.send(Event::Worked { rid, client: from, result });
                 }));
             }
@@ -227,9 +233,12 @@ impl Services {
     }
 }
 
-/// Checks that `image` decodes, then hides its exact bytes in a cover.
-pub fn hide(covers: &Covers, image: &[u8]) -> Result<Vec<u8>, String> {
-    stego::decode_image(image).map_err(|e| format!("not an image this server can read: {e}"))?;
-    let cover = covers.choose(image.len());
-    stego::hide(cover, image).map_err(|e| format!("cannot hide the image: {e}"))
+/// Checks that `sealed` is `owner`'s image sealed under `key` (the owner's own-image key) and
+/// that the image decodes, then hides the sealed bytes, unchanged, in a cover.
+pub fn hide(covers: &Covers, key: &Key, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let image = crypto::open(key, &own_image_aad(owner), sealed)
+        .map_err(|e| format!("the upload is not {owner}'s sealed image: {e}"))?;
+    stego::decode_image(&image).map_err(|e| format!("not an image this server can read: {e}"))?;
+    let cover = covers.choose(sealed.len());
+    stego::hide(cover, sealed).map_err(|e| format!("cannot hide the image: {e}"))
 }

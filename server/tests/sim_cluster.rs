@@ -9,7 +9,7 @@
 //! server catches up.
 
 use common::config::ServerId;
-use common::protocol::{Answer, Msg, Op, RequestId};
+use common::protocol::{Answer, Auth, Msg, Op, RequestId};
 use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
@@ -179,12 +179,15 @@ impl World {
         let name = c.name.clone();
         let op = match c.script[c.step] {
             "register" => Op::Register { name },
-            "signin" => Op::SignIn { name, token },
-            "signout" => Op::SignOut { name, token },
+            "signin" => Op::SignIn { name, auth: Auth::default() },
+            "signout" => Op::SignOut { name, auth: Auth::default() },
             "lookup" => Op::Lookup { name },
             _ => Op::ListOnline,
         };
-        let (rid, msg) = c.req.start(now, op);
+        let secret = common::auth::secret_bytes(&token);
+        let (rid, msg) = c.req.start_with(now, op, |op, rid| {
+            common::auth::sign_request(op, rid, &secret, server::node::SIM_WALL_BASE + now)
+        });
         c.current = Some(rid);
         let from = c.node;
         for s in SERVERS {
@@ -198,7 +201,7 @@ impl World {
         match done {
             Completion::TimedOut(rid) => c.failures.push(format!("{what} {rid} timed out")),
             Completion::Answered(reply) => match (what, reply.result) {
-                ("register", Ok(Answer::Registered { token, .. })) => c.token = Some(token),
+                ("register", Ok(Answer::Registered { secret, .. })) => c.token = Some(secret),
                 ("signin", Ok(Answer::SignedIn { .. })) => c.online = true,
                 ("signout", Ok(Answer::SignedOut)) => c.online = false,
                 ("lookup", Ok(Answer::User(u))) if u.name == c.name => {}
@@ -334,7 +337,7 @@ impl World {
         }
         for c in &self.clients {
             let rec = dirs[0].1.get(&c.name).ok_or(format!("user {} missing", c.name))?;
-            if Some(&rec.token) != c.token.as_ref() {
+            if Some(&rec.secret) != c.token.as_ref() {
                 return Err(format!("user {} has a token other than its client's", c.name));
             }
             if rec.online != c.online {

@@ -151,3 +151,28 @@ impl Drop for ClientProc {
         let _ = self.child.wait();
     }
 }
+
+/// Registers `name` through `cloud` and makes the cloud sign with its secret; returns the secret.
+#[allow(dead_code)]
+pub fn register(cloud: &mut client::cloud::Cloud, name: &str) -> Vec<u8> {
+    let r = cloud.call(common::protocol::Op::Register { name: name.into() }, None).expect("register answered");
+    let Ok(common::protocol::Answer::Registered { secret, .. }) = r.reply.result else {
+        panic!("register {name}: {:?}", r.reply.result)
+    };
+    let secret = common::auth::secret_bytes(&secret);
+    cloud.set_secret(secret.clone());
+    secret
+}
+
+/// `image` sealed under `owner`'s own-image key, as the client uploads it for `encrypt`.
+#[allow(dead_code)]
+pub fn seal_own(secret: &[u8], owner: &str, image: &[u8]) -> Vec<u8> {
+    let key = common::crypto::derive(secret, common::crypto::Purpose::Own);
+    common::crypto::seal(&key, &common::auth::own_image_aad(owner), image)
+}
+
+/// An `encrypt` request of `owner` for `len` bytes (signed by the cloud link).
+#[allow(dead_code)]
+pub fn encrypt_op(owner: &str, len: usize) -> common::protocol::Op {
+    common::protocol::Op::Encrypt { owner: owner.into(), auth: Default::default(), len: len as u64 }
+}

@@ -18,7 +18,9 @@ use client::cloud::Cloud;
 use client::launch::Cluster;
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, ServerId, EXIT_USAGE};
-use common::protocol::{Answer, Op, ServerStatus};
+use common::crypto::{self, Key, Purpose};
+use common::protocol::{Answer, Auth, Op, ServerStatus};
+use common::rng::Rng;
 use common::stego::{self, Covers};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
@@ -553,26 +555,48 @@ struct ClientOutcome {
     finished_at: Instant,
 }
 
-/// One encryption try: the answering server and the stego PNG.
-fn encrypt_once(cloud: &mut Cloud, image: &[u8]) -> Result<(ServerId, Vec<u8>), String> {
-    let r = cloud.call(Op::Encrypt { len: image.len() as u64 }, Some(image))?;
+/// A registered bench user: its name and own-image key (its secret signs its requests).
+struct BenchUser {
+    name: String,
+    own: Key,
+}
+
+/// Registers a fresh user for one client thread and gives its secret to the cloud link.
+fn register(cloud: &mut Cloud, k: usize) -> Result<BenchUser, String> {
+    let name = format!("bench{:06x}-{k}", Rng::from_entropy().next_u64() & 0xff_ffff);
+    match cloud.call(Op::Register { name: name.clone() }, None)?.reply.result? {
+        Answer::Registered { secret, .. } => {
+            let secret = common::auth::secret_bytes(&secret);
+            cloud.set_secret(secret.clone());
+            Ok(BenchUser { name, own: crypto::derive(&secret, Purpose::Own) })
+        }
+        other => Err(format!("unexpected answer to register: {other:?}")),
+    }
+}
+
+/// One encryption try, as the client does it (seal under the own key, upload, get the stego
+/// PNG back): the answering server, the stego PNG and the sealed bytes it must hide.
+fn encrypt_once(cloud: &mut Cloud, user: &BenchUser, image: &[u8]) -> Result<(ServerId, Vec<u8>, Vec<u8>), String> {
+    let sealed = crypto::seal(&user.own, &common::auth::own_image_aad(&user.name), image);
+    let op = Op::Encrypt { owner: user.name.clone(), auth: Auth::default(), len: sealed.len() as u64 };
+    let r = cloud.call(op, Some(&sealed))?;
     match r.reply.result {
         Ok(Answer::Encrypted { .. }) => {}
         Ok(other) => return Err(format!("unexpected answer {other:?}")),
         Err(e) => return Err(format!("server {}: {e}", r.reply.server)),
     }
     let blob = r.blob.ok_or("the answer came without its result")?;
-    Ok((r.reply.server, blob))
+    Ok((r.reply.server, blob, sealed))
 }
 
 /// One request, retried with a new request while it fails (at most `MAX_TRIES` tries).
-fn one_request(cloud: &mut Cloud, image: &[u8], verify: bool, logs: &mut u32) -> Sample {
+fn one_request(cloud: &mut Cloud, user: &BenchUser, image: &[u8], verify: bool, logs: &mut u32) -> Sample {
     let start = Instant::now();
     for tries in 1..=MAX_TRIES {
-        match encrypt_once(cloud, image) {
-            Ok((server, blob)) => {
+        match encrypt_once(cloud, user, image) {
+            Ok((server, blob, sealed)) => {
                 let ms = start.elapsed().as_secs_f64() * 1000.0;
-                let mismatch = verify && stego::reveal(&blob).ok().as_deref() != Some(image);
+                let mismatch = verify && stego::reveal(&blob).ok().as_deref() != Some(&sealed[..]);
                 if mismatch {
                     eprintln!("bench: the result from server {server} does not reveal the image");
                 }
@@ -599,7 +623,7 @@ fn share(total: usize, clients: usize, k: usize) -> Range<usize> {
 
 /// One client thread: warm up, wait for the start, send its share, return what it saw.
 fn client_thread(
-    mut cloud: Cloud,
+    (mut cloud, user): (Cloud, BenchUser),
     image: Arc<Vec<u8>>,
     range: Range<usize>,
     gates: Arc<Barrier>,
@@ -607,14 +631,14 @@ fn client_thread(
 ) -> ClientOutcome {
     let mut logs = 0;
     for _ in 0..WARMUP_PER_CLIENT {
-        let _ = encrypt_once(&mut cloud, &image);
+        let _ = encrypt_once(&mut cloud, &user, &image);
     }
     let before = cloud.stats().clone();
     gates.wait(); // warm-up done
     gates.wait(); // start
     let mut samples = Vec::with_capacity(range.len());
     for i in range {
-        let sample = one_request(&mut cloud, &image, i.is_multiple_of(VERIFY_EVERY), &mut logs);
+        let sample = one_request(&mut cloud, &user, &image, i.is_multiple_of(VERIFY_EVERY), &mut logs);
         if let (Some(id), true) = (sample.server, sample.ok()) {
             *shared.answered.lock().entry(id).or_insert(0) += 1;
         }
@@ -800,7 +824,12 @@ fn spawn_clients(
     gates: &Arc<Barrier>,
     shared: &Arc<Shared>,
 ) -> Result<Vec<JoinHandle<ClientOutcome>>, String> {
-    let clouds: Vec<Cloud> = (0..s.clients).map(|_| Cloud::connect(cfg, None)).collect::<Result<_, _>>()?;
+    let mut clouds = Vec::new();
+    for k in 0..s.clients {
+        let mut cloud = Cloud::connect(cfg, None)?;
+        let user = register(&mut cloud, k)?;
+        clouds.push((cloud, user));
+    }
     let mut handles = Vec::new();
     for (k, cloud) in clouds.into_iter().enumerate() {
         let (image, gates, shared) = (image.clone(), gates.clone(), shared.clone());
@@ -865,14 +894,21 @@ fn rss_mb(s: &ServerStatus) -> Option<f64> {
 // The floor: the same work, in-process, no network
 // ---------------------------------------------------------------------------------------------
 
-/// What a server does for one encryption: check the image decodes, pick a cover, hide it.
-fn hide_like_a_server(covers: &Covers, image: &[u8]) -> Result<Vec<u8>, String> {
-    stego::decode_image(image).map_err(|e| e.to_string())?;
-    stego::hide(covers.choose(image.len()), image).map_err(|e| e.to_string())
+/// What a server does for one encryption: open the sealed upload, check the image decodes,
+/// pick a cover, hide the sealed bytes (`sealed` is `image` sealed under `key` for `FLOOR_OWNER`).
+fn hide_like_a_server(covers: &Covers, key: &Key, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let image = crypto::open(key, &common::auth::own_image_aad(FLOOR_OWNER), sealed).map_err(|e| e.to_string())?;
+    stego::decode_image(&image).map_err(|e| e.to_string())?;
+    stego::hide(covers.choose(sealed.len()), sealed).map_err(|e| e.to_string())
 }
 
+/// The owner name the floor seals its image for.
+const FLOOR_OWNER: &str = "floor";
+
 fn floor_thread(covers: &Covers, image: &[u8], next: &AtomicUsize, total: usize) -> Vec<Sample> {
-    let _ = hide_like_a_server(covers, image); // warm-up
+    let key = crypto::random_key();
+    let sealed = crypto::seal(&key, &common::auth::own_image_aad(FLOOR_OWNER), image);
+    let _ = hide_like_a_server(covers, &key, &sealed); // warm-up
     let mut samples = Vec::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -883,11 +919,12 @@ fn floor_thread(covers: &Covers, image: &[u8], next: &AtomicUsize, total: usize)
             eprintln!("bench: {:>3}% ({i}/{total})", i * 100 / total);
         }
         let start = Instant::now();
-        let result = hide_like_a_server(covers, image);
+        let result = hide_like_a_server(covers, &key, &sealed);
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let sample = match result {
             Ok(png) => {
-                let mismatch = i.is_multiple_of(VERIFY_EVERY) && stego::reveal(&png).ok().as_deref() != Some(image);
+                let mismatch =
+                    i.is_multiple_of(VERIFY_EVERY) && stego::reveal(&png).ok().as_deref() != Some(&sealed[..]);
                 Sample { ms, server: Some(0), tries: 1, mismatch, result_bytes: png.len() }
             }
             Err(_) => Sample { ms, server: None, tries: 1, mismatch: false, result_bytes: 0 },

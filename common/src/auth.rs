@@ -1,0 +1,250 @@
+//! Who may say what: users' requests carry an HMAC-SHA256 tag under a key derived from their
+//! secret, over the request id, a timestamp and the operation; messages between servers travel
+//! in authenticated frames under the cluster key; rights messages between peers carry a tag
+//! under their per-share key. Every check here is a function of bytes, keys and a clock, so
+//! the node and the simulations call the same code as the threads.
+
+use crate::crypto::{self, Key, Purpose};
+use crate::protocol::{decode, Frame, Msg, Op, RequestId, WireError, MAGIC, VERSION};
+
+/// Frame kind of an authenticated server-to-server message.
+pub const KIND_SERVER: u8 = 2;
+/// Bytes of the tag and the timestamp at the head of an authenticated frame.
+pub const SERVER_HEAD: usize = 32 + 8;
+/// Default for how far a request's or a frame's timestamp may be from the receiver's clock, ms.
+pub const DEFAULT_WINDOW_MS: u64 = 30_000;
+
+/// Milliseconds since the Unix epoch on this machine.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The signed bytes of a request: its id, and the operation with an empty tag.
+fn request_body(rid: RequestId, op: &Op) -> Vec<u8> {
+    let mut unsigned = op.clone();
+    if let Some(a) = unsigned.auth_mut() {
+        a.tag.clear();
+    }
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(&rid.client.to_le_bytes());
+    body.extend_from_slice(&rid.seq.to_le_bytes());
+    // Serialising these plain structs cannot fail.
+    let _ = serde_json::to_writer(&mut body, &unsigned);
+    body
+}
+
+/// Signs `op` (if it acts for a user) for request `rid` at wall-clock time `now_ms`.
+pub fn sign_request(op: &mut Op, rid: RequestId, secret: &[u8], now_ms: u64) {
+    if let Some(a) = op.auth_mut() {
+        a.ts = now_ms;
+        a.tag.clear();
+    } else {
+        return;
+    }
+    let key = crypto::derive(secret, Purpose::Auth);
+    let t = crypto::tag(&key, &[b"imgcloud request", &request_body(rid, op)]);
+    if let Some(a) = op.auth_mut() {
+        a.tag = crypto::to_hex(&t);
+    }
+}
+
+/// Checks the tag and the timestamp of a request that acts for a user whose secret is `secret`.
+pub fn check_request(op: &Op, rid: RequestId, secret: &[u8], now_ms: u64, window_ms: u64) -> Result<(), String> {
+    let Some(a) = op.auth() else { return Ok(()) };
+    let user = op.signer().unwrap_or("?");
+    let Some(tag) = crypto::from_hex(&a.tag) else {
+        return Err(format!("authentication failed for {user}: malformed tag"));
+    };
+    let key = crypto::derive(secret, Purpose::Auth);
+    crypto::verify(&key, &[b"imgcloud request", &request_body(rid, op)], &tag)
+        .map_err(|_| format!("authentication failed for {user}: bad tag"))?;
+    if a.ts.abs_diff(now_ms) > window_ms {
+        return Err(format!(
+            "authentication failed for {user}: timestamp {} ms away from the server's clock (replay or clock skew)",
+            a.ts.abs_diff(now_ms)
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes a server-to-server message in an authenticated frame at wall-clock time `now_ms`.
+pub fn encode_server(key: &Key, now_ms: u64, msg: &Msg) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).unwrap_or_default();
+    let ts = now_ms.to_le_bytes();
+    let t = crypto::tag(key, &[b"imgcloud server frame", &ts, &body]);
+    let mut out = Vec::with_capacity(4 + SERVER_HEAD + body.len());
+    out.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, KIND_SERVER]);
+    out.extend_from_slice(&t);
+    out.extend_from_slice(&ts);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// True for messages only servers may send to each other (they must come authenticated).
+pub fn is_server_msg(msg: &Msg) -> bool {
+    !matches!(msg, Msg::Request { .. } | Msg::Reply(_) | Msg::Accepted { .. } | Msg::Peer(_) | Msg::PeerAck { .. })
+}
+
+/// Decodes a datagram that arrived at a server: an authenticated frame must carry a valid tag
+/// under `key` and a timestamp within `window_ms` of `now_ms`; a server-to-server message in a
+/// plain frame is rejected.
+pub fn decode_at_server(bytes: &[u8], key: &Key, now_ms: u64, window_ms: u64) -> Result<(Frame, bool), WireError> {
+    if bytes.len() >= 4 && bytes[..2] == MAGIC && bytes[2] == VERSION && bytes[3] == KIND_SERVER {
+        let rest = &bytes[4..];
+        if rest.len() < SERVER_HEAD {
+            return Err(WireError("authenticated frame too short".into()));
+        }
+        let (t, rest) = rest.split_at(32);
+        let (ts, body) = rest.split_at(8);
+        crypto::verify(key, &[b"imgcloud server frame", ts, body], t)
+            .map_err(|_| WireError("server frame with a bad tag (not from this cluster)".into()))?;
+        let mut ts8 = [0u8; 8];
+        ts8.copy_from_slice(ts);
+        let ts = u64::from_le_bytes(ts8);
+        if ts.abs_diff(now_ms) > window_ms {
+            return Err(WireError(format!("server frame {} ms old or ahead: replay?", ts.abs_diff(now_ms))));
+        }
+        let mut plain = Vec::with_capacity(4 + body.len());
+        plain.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, 0]);
+        plain.extend_from_slice(body);
+        return decode(&plain).map(|f| (f, true));
+    }
+    let frame = decode(bytes)?;
+    if let Frame::Ctl(m) = &frame {
+        if is_server_msg(m) {
+            return Err(WireError("server message without the cluster's authentication".into()));
+        }
+    }
+    Ok((frame, false))
+}
+
+/// The tag of a rights message: `owner` gives `viewer` `views` views of `image_id`, version
+/// `version` (`kind` tells a delivery from an update, so one cannot stand for the other).
+pub fn rights_tag(
+    share_key: &Key,
+    kind: &str,
+    owner: &str,
+    viewer: &str,
+    image_id: &str,
+    views: u32,
+    version: u64,
+) -> String {
+    let t = crypto::tag(
+        share_key,
+        &[
+            b"imgcloud rights",
+            kind.as_bytes(),
+            owner.as_bytes(),
+            viewer.as_bytes(),
+            image_id.as_bytes(),
+            &views.to_le_bytes(),
+            &version.to_le_bytes(),
+        ],
+    );
+    crypto::to_hex(&t)
+}
+
+/// Checks the tag of a rights message (see [`rights_tag`]).
+#[allow(clippy::too_many_arguments)]
+pub fn check_rights(
+    share_key: &Key,
+    kind: &str,
+    owner: &str,
+    viewer: &str,
+    image_id: &str,
+    views: u32,
+    version: u64,
+    tag: &str,
+) -> Result<(), String> {
+    let t = crypto::from_hex(tag).ok_or("malformed rights tag")?;
+    crypto::verify(
+        share_key,
+        &[
+            b"imgcloud rights",
+            kind.as_bytes(),
+            owner.as_bytes(),
+            viewer.as_bytes(),
+            image_id.as_bytes(),
+            &views.to_le_bytes(),
+            &version.to_le_bytes(),
+        ],
+        &t,
+    )
+    .map_err(|_| format!("the {kind} from {owner} for {image_id} is not authentic"))
+}
+
+/// Associated data binding a per-share key (as the cloud wraps it) to its share.
+pub fn share_aad(owner: &str, viewer: &str, image_id: &str) -> Vec<u8> {
+    format!("imgcloud share key\0{owner}\0{viewer}\0{image_id}").into_bytes()
+}
+
+/// Associated data of an image sealed under a per-share key.
+pub fn shared_image_aad(owner: &str, viewer: &str, image_id: &str) -> Vec<u8> {
+    format!("imgcloud shared image\0{owner}\0{viewer}\0{image_id}").into_bytes()
+}
+
+/// Associated data of an owner's own image sealed under its own key.
+pub fn own_image_aad(owner: &str) -> Vec<u8> {
+    format!("imgcloud own image\0{owner}").into_bytes()
+}
+
+/// The secret of a user as bytes (hex in the directory and the identity file).
+pub fn secret_bytes(secret_hex: &str) -> Vec<u8> {
+    crypto::from_hex(secret_hex).unwrap_or_else(|| secret_hex.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_msg, Auth};
+
+    fn rid() -> RequestId {
+        RequestId { client: 9, seq: 4 }
+    }
+
+    fn sign_in() -> Op {
+        Op::SignIn { name: "alice".into(), auth: Auth::default() }
+    }
+
+    #[test]
+    fn requests_verify_only_with_the_secret_rid_op_and_time() {
+        let mut op = sign_in();
+        sign_request(&mut op, rid(), b"alice-secret", 1_000_000);
+        assert!(check_request(&op, rid(), b"alice-secret", 1_000_500, 30_000).is_ok());
+        assert!(check_request(&op, rid(), b"mallory-secret", 1_000_500, 30_000).unwrap_err().contains("bad tag"));
+        let other = RequestId { client: 9, seq: 5 };
+        assert!(check_request(&op, other, b"alice-secret", 1_000_500, 30_000).is_err());
+        assert!(check_request(&op, rid(), b"alice-secret", 1_040_000, 30_000).unwrap_err().contains("replay"));
+        let Op::SignIn { auth, .. } = &op else { panic!() };
+        let moved = Op::SignOut { name: "alice".into(), auth: auth.clone() };
+        assert!(check_request(&moved, rid(), b"alice-secret", 1_000_500, 30_000).is_err(), "tag is bound to the op");
+    }
+
+    #[test]
+    fn server_frames_need_the_cluster_key() {
+        let key = crypto::random_key();
+        let msg = Msg::Token { from: 1, to: 2, round: 3 };
+        let bytes = encode_server(&key, 5_000, &msg);
+        assert_eq!(decode_at_server(&bytes, &key, 5_100, 1_000).unwrap(), (Frame::Ctl(msg.clone()), true));
+        assert!(decode_at_server(&bytes, &crypto::random_key(), 5_100, 1_000).is_err());
+        assert!(decode_at_server(&bytes, &key, 9_000, 1_000).is_err(), "too old");
+        let mut t = bytes.clone();
+        let last = t.len() - 2;
+        t[last] ^= 1;
+        assert!(decode_at_server(&t, &key, 5_100, 1_000).is_err());
+        assert!(decode_at_server(&encode_msg(&msg), &key, 5_100, 1_000).is_err(), "plain server message");
+        assert!(decode_at_server(&bytes[..20], &key, 5_100, 1_000).is_err());
+    }
+
+    #[test]
+    fn rights_tags_bind_every_field() {
+        let k = crypto::random_key();
+        let t = rights_tag(&k, "grant", "alice", "bob", "cat", 3, 7);
+        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 7, &t).is_ok());
+        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 4, 7, &t).is_err());
+        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 8, &t).is_err());
+        assert!(check_rights(&k, "deliver", "alice", "bob", "cat", 3, 7, &t).is_err());
+        assert!(check_rights(&crypto::random_key(), "grant", "alice", "bob", "cat", 3, 7, &t).is_err());
+        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 7, "zz").is_err());
+    }
+}
