@@ -1195,6 +1195,9 @@ fn run_seed(seed: u64, shape: Shape) -> Result<Tally, (String, Vec<String>)> {
     }
     let settle = w.now + 8_000;
     w.run_while(&mut events, settle, |_| true);
+    // A periodic pull may have just started: let it finish before checking.
+    let limit = w.now + 60_000;
+    w.run_while(&mut events, limit, |w| w.bob.step != BobStep::Online);
     w.check(kind, shape).map_err(|e| fail(&w, e))
 }
 
