@@ -20,7 +20,7 @@ pub struct Row {
     pub next_winner: bool,
     /// Requests it won in the last [`RECENT_SECS`] seconds, when up.
     pub recent_wins: Option<u64>,
-    /// Requests it won since it started, when up.
+    /// Requests it won since it (last) started, when up.
     pub handled: Option<u64>,
     /// Users in its directory, when up.
     pub users: Option<usize>,
@@ -72,13 +72,13 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 /// The table as text (one header line, one line per server, then the online users).
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<7} {:<5} {:>5}  {:<12} {:>12} {:>8} {:>6}  online users\n",
+        "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>6}  online users\n",
         "server",
         "state",
         "load",
         "next request",
         format!("won last {RECENT_SECS}s"),
-        "won all",
+        "won total",
         "users"
     );
     for r in rows {
@@ -90,7 +90,7 @@ pub fn render(rows: &[Row]) -> String {
             r.online.join(", ")
         };
         out.push_str(&format!(
-            "{:<7} {:<5} {:>5}  {:<12} {:>12} {:>8} {:>6}  {online}\n",
+            "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>6}  {online}\n",
             r.id,
             if r.up { "up" } else { "DOWN" },
             or_dash(r.load),
