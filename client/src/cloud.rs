@@ -255,7 +255,8 @@ impl Cloud {
 
     /// Runs one request to completion. `payload` is uploaded to the server that accepts it;
     /// a result announced by transfer is downloaded before returning. While the cloud counts as
-    /// lost, gives up after [`LOST_WAIT`] with an error starting with [`UNREACHABLE`].
+    /// lost and no server has answered for [`LOST_WAIT`], gives up after [`LOST_WAIT`] with an
+    /// error starting with [`UNREACHABLE`].
     pub fn call(&mut self, op: Op, payload: Option<&[u8]>) -> Result<CallResult, String> {
         self.call_within(op, payload, None)
     }
@@ -323,7 +324,8 @@ impl Cloud {
                 }
             }
             if reply.is_none() {
-                let lost = self.health.is_lost();
+                // Lost, and still no server answers (a server that answers again may just be starting).
+                let lost = self.health.is_lost() && self.health.silence() >= LOST_WAIT;
                 let limit = if lost { Some(max_wait.unwrap_or(LOST_WAIT).min(LOST_WAIT)) } else { max_wait };
                 if limit.is_some_and(|l| started.elapsed() >= l) {
                     self.req.abandon(rid);
