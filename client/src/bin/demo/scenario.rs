@@ -495,7 +495,9 @@ impl Demo {
             let busy: Vec<ServerId> = sent.iter().map(|(_, w, _)| *w).collect();
             let cfg = self.cluster.cfg.clone();
             let (_, st) = self.poll(Duration::from_secs(4), |st| {
-                rows(&cfg, st).iter().any(|r| r.next_winner && !busy.contains(&r.id))
+                let rows = rows(&cfg, st);
+                let announced = rows.iter().filter(|r| busy.contains(&r.id)).all(|r| r.load.is_some_and(|l| l >= 10));
+                announced && rows.iter().any(|r| r.next_winner && !busy.contains(&r.id))
             })?;
             let expected = rows(&self.cluster.cfg, &st).iter().find(|r| r.next_winner).map(|r| r.id);
             let Some(expected) = expected else {
