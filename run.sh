@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The image cloud on this machine.
+#   ./run.sh demo [OPTIONS]    build (release) and play the narrated, checked classroom demo (own ports)
 #   ./run.sh                   build (release) and start every server of cluster.json in the foreground
+#   ./run.sh --simulate-failures   the same, the servers taking turns going down
 #   ./run.sh client NAME       start a client (registers NAME on first run); pipe commands or type them
 #   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | status
+#   ./run.sh status [--once]   live table of every server: up/down, load, elections won, online users
 #   CONFIG=other.json ./run.sh ...   use another config
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +40,12 @@ servers() {
 case "${1:-}" in
     "" ) servers ;;
     --simulate-failures ) servers --simulate-failures ;;
+    demo )
+        build
+        exec target/release/demo "${@:2}" ;;
+    status )
+        build
+        exec target/release/status --config "$CONFIG" "${@:2}" ;;
     client )
         [ $# -ge 2 ] || { echo "usage: ./run.sh client NAME" >&2; exit 2; }
         build
@@ -47,6 +56,6 @@ case "${1:-}" in
         [ -p "$ctl" ] || { echo "server $2 is not running from ./run.sh" >&2; exit 1; }
         echo "${@:3}" > "$ctl" ;;
     -h | --help | help )
-        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
     * ) echo "unknown command $1 (see ./run.sh --help)" >&2; exit 2 ;;
 esac

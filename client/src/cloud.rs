@@ -11,10 +11,87 @@ use common::transfer::{TransferEvent, TransferMsg, Transfers};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Peer datagrams queued for the engine before new ones are dropped.
 pub const PEER_QUEUE: usize = 4096;
+
+/// How long a request waits for an answer while the cloud counts as lost, before failing.
+pub const LOST_WAIT: Duration = Duration::from_secs(2);
+
+/// The start of the error a request gives while the cloud is lost.
+pub const UNREACHABLE: &str = "the cloud is unreachable";
+
+/// What this client knows of the cloud's reachability: when a server last sent it anything,
+/// and whether the watch (see `crate::watch`) declared the cloud lost. Shared by the receive
+/// thread, the watch thread and [`Cloud::call`].
+#[derive(Debug)]
+pub struct Health {
+    start: Instant,
+    /// Ms since `start` + 1 of the last datagram from a server (0: never).
+    last_heard: AtomicU64,
+    lost: AtomicBool,
+    /// Request ids of probes carry this client id; their answers stop at the receive thread.
+    probe_client: u64,
+}
+
+impl Health {
+    fn new(probe_client: u64) -> Self {
+        Health { start: Instant::now(), last_heard: AtomicU64::new(0), lost: AtomicBool::new(false), probe_client }
+    }
+
+    fn heard(&self) {
+        self.last_heard.store(self.start.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// Time since a server last sent this client anything (since the start if never).
+    pub fn silence(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_heard.load(Ordering::Relaxed).saturating_sub(1);
+        Duration::from_millis(now.saturating_sub(last))
+    }
+
+    /// True while the cloud counts as lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Declares the cloud lost or found again.
+    pub fn set_lost(&self, lost: bool) {
+        self.lost.store(lost, Ordering::Relaxed);
+    }
+
+    /// The error of a request given up because the cloud is lost.
+    pub fn unreachable(&self) -> String {
+        format!(
+            "{UNREACHABLE} (no server has answered for {} s); still trying in the background",
+            self.silence().as_secs()
+        )
+    }
+}
+
+/// Sends a status probe to every server, from a handle of its own on the client's socket (so
+/// probing never waits for a request in progress).
+pub struct Prober {
+    sock: UdpSocket,
+    servers: Vec<SocketAddr>,
+    probe_client: u64,
+    seq: u64,
+}
+
+impl Prober {
+    /// Multicasts one probe; the answers only refresh [`Health`].
+    pub fn probe(&mut self) {
+        self.seq += 1;
+        let bytes =
+            encode_msg(&Msg::Request { rid: RequestId { client: self.probe_client, seq: self.seq }, op: Op::Status });
+        for addr in &self.servers {
+            let _ = self.sock.send_to(&bytes, addr);
+        }
+    }
+}
 
 /// What the receive thread hands over.
 #[allow(clippy::large_enum_variant)] // moved once through a channel
@@ -48,6 +125,7 @@ pub struct Cloud {
     start: Instant,
     peer_rx: Option<Receiver<Incoming>>,
     secret: Option<Vec<u8>>,
+    health: Arc<Health>,
     /// Called with (done, total) while a payload over 1 MB moves.
     pub progress: Option<ProgressFn>,
 }
@@ -72,6 +150,9 @@ impl Cloud {
         let (tx, rx) = unbounded();
         let (peer_tx, peer_rx) = bounded(PEER_QUEUE);
         let server_addrs: Vec<SocketAddr> = cfg.servers.iter().map(|s| s.client_addr).collect();
+        let mut rng = Rng::from_entropy();
+        let health = Arc::new(Health::new(rng.next_u64()));
+        let heard = health.clone();
         std::thread::Builder::new()
             .name("cloud-recv".into())
             .spawn(move || {
@@ -79,10 +160,14 @@ impl Cloud {
                 loop {
                     let Ok((n, from)) = recv.recv_from(&mut buf) else { continue };
                     let from_server = server_addrs.contains(&from);
+                    if from_server {
+                        heard.heard();
+                    }
                     // Peer messages (even relayed by a server) and peers' transfers go to the
                     // peer engine; replies and the cloud's transfers to `call`.
                     let (item, to_peer) = match decode(&buf[..n]) {
                         Ok(Frame::Ctl(m @ (Msg::Peer(_) | Msg::PeerAck { .. }))) => (Incoming::Ctl(from, m), true),
+                        Ok(Frame::Ctl(Msg::Reply(r))) if r.rid.client == heard.probe_client => continue,
                         Ok(Frame::Ctl(m)) => (Incoming::Ctl(from, m), false),
                         Ok(Frame::Xfer(x)) => (Incoming::Xfer(from, x), !from_server),
                         Err(_) => continue,
@@ -102,12 +187,13 @@ impl Cloud {
             sock,
             servers: cfg.servers.iter().map(|s| (s.id, s.client_addr)).collect(),
             rx,
-            req: Requester::new(Rng::from_entropy().next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
+            req: Requester::new(rng.next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
             transfers: Transfers::new(tcfg.normalized()),
             max_payload: cfg.max_payload,
             start: Instant::now(),
             peer_rx: Some(peer_rx),
             secret: None,
+            health,
             progress: None,
         })
     }
@@ -115,6 +201,21 @@ impl Cloud {
     /// The user's secret: from now on, requests that act for the user are signed with it.
     pub fn set_secret(&mut self, secret: Vec<u8>) {
         self.secret = Some(secret);
+    }
+
+    /// What this client knows of the cloud's reachability.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// A prober on this client's socket (its answers refresh [`Cloud::health`]).
+    pub fn prober(&self) -> Result<Prober, String> {
+        Ok(Prober {
+            sock: self.socket()?,
+            servers: self.servers.iter().map(|(_, a)| *a).collect(),
+            probe_client: self.health.probe_client,
+            seq: 0,
+        })
     }
 
     /// The peer traffic (messages from other users, their transfers); taken once by the engine.
@@ -160,8 +261,21 @@ impl Cloud {
     }
 
     /// Runs one request to completion. `payload` is uploaded to the server that accepts it;
-    /// a result announced by transfer is downloaded before returning.
+    /// a result announced by transfer is downloaded before returning. While the cloud counts as
+    /// lost and no server has answered for [`LOST_WAIT`], gives up after [`LOST_WAIT`] with an
+    /// error starting with [`UNREACHABLE`].
     pub fn call(&mut self, op: Op, payload: Option<&[u8]>) -> Result<CallResult, String> {
+        self.call_within(op, payload, None)
+    }
+
+    /// [`Cloud::call`], giving up after `max_wait` if given (and sooner if the cloud is lost).
+    pub fn call_within(
+        &mut self,
+        op: Op,
+        payload: Option<&[u8]>,
+        max_wait: Option<Duration>,
+    ) -> Result<CallResult, String> {
+        let started = Instant::now();
         let now = self.now();
         let secret = self.secret.as_deref();
         let (rid, msg) = self.req.start_with(now, op, |op, rid| {
@@ -222,6 +336,15 @@ impl Cloud {
                 }
             }
             if reply.is_none() {
+                // Lost, and still no server answers (a server that answers again may just be starting).
+                let lost = self.health.is_lost() && self.health.silence() >= LOST_WAIT;
+                let limit = if lost { Some(max_wait.unwrap_or(LOST_WAIT).min(LOST_WAIT)) } else { max_wait };
+                if limit.is_some_and(|l| started.elapsed() >= l) {
+                    self.req.abandon(rid);
+                    let _ = self.transfers.cancel(transfer_id(rid, 0));
+                    let _ = self.transfers.cancel(transfer_id(rid, 1));
+                    return Err(if lost { self.health.unreachable() } else { "no server answered in time".into() });
+                }
                 let (resend, timeouts) = self.req.tick(now);
                 for m in resend {
                     self.multicast(&m);

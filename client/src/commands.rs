@@ -115,6 +115,7 @@ impl Session {
             transfer: transfer.normalized(),
         };
         let engine = Engine::start(ctx)?;
+        crate::watch::spawn(cloud.clone(), me.clone())?;
         let mut session = Session { cloud, store, me, engine, sharing, temp: None };
         session.pull_inbox()?;
         Ok(session)
@@ -206,7 +207,8 @@ impl Session {
         let _ = answer(op, &mut self.cloud.lock());
     }
 
-    fn remove_temp(&mut self) {
+    /// Removes the temporary file of the last `view`, if any.
+    pub fn remove_temp(&mut self) {
         if let Some(p) = self.temp.take() {
             let _ = std::fs::remove_file(p);
         }
@@ -463,6 +465,7 @@ impl Session {
                     self.publish_images()?;
                     return Ok(format!("encrypted as {id} by server {server} ({len} bytes)"));
                 }
+                Err(e) if e.starts_with(crate::cloud::UNREACHABLE) => return Err(e),
                 Err(e) => last = e,
             }
         }

@@ -98,6 +98,7 @@ struct State {
     gallery_asks: HashMap<u64, u64>,
     incoming_images: HashMap<u64, Delivery>,
     last_pull: u64,
+    health: Arc<crate::cloud::Health>,
 }
 
 fn notice(line: &str) {
@@ -109,7 +110,9 @@ impl State {
         let mut rng = Rng::from_entropy();
         let link = PeerLink::new(&ctx.me.name, rng.next_u64());
         let transfers = Transfers::new(ctx.transfer.clone());
+        let health = ctx.cloud.lock().health();
         State {
+            health,
             ctx,
             link,
             transfers,
@@ -146,7 +149,8 @@ impl State {
                 recv(after(Duration::from_millis(5))) -> _ => {},
             }
             let now = self.now();
-            if now >= self.last_pull + INBOX_POLL_MS {
+            // Not while the cloud is lost: the watch signs in again, then pulls resume.
+            if now >= self.last_pull + INBOX_POLL_MS && !self.health.is_lost() {
                 self.last_pull = now;
                 if let Err(e) = self.pull_inbox() {
                     eprintln!("inbox: {e}");

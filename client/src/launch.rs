@@ -1,14 +1,16 @@
 //! Starting a local cluster of real server processes on free loopback ports, for the
 //! benchmark, the demo and the end-to-end tests: write a config, start, SIGKILL, restart,
-//! wait until every running server sees the others live.
+//! send operator commands to a server's stdin, wait until every running server sees the
+//! others live.
 
 use crate::cloud::Cloud;
 use common::config::{ClusterConfig, ServerEntry, ServerId};
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `n` distinct free UDP ports on 127.0.0.1 (free when asked; the OS may reuse them later).
@@ -45,6 +47,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     server_bin: PathBuf,
     procs: BTreeMap<ServerId, Child>,
+    operator: BTreeMap<ServerId, ChildStdin>,
     args: BTreeMap<ServerId, Vec<String>>,
 }
 
@@ -75,6 +78,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             server_bin: sibling_binary("server")?,
             procs: BTreeMap::new(),
+            operator: BTreeMap::new(),
             args: BTreeMap::new(),
         })
     }
@@ -99,17 +103,20 @@ impl Cluster {
         let log =
             fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&self.server_bin)
+        let mut child = Command::new(&self.server_bin)
             .arg("--id")
             .arg(id.to_string())
             .arg("--config")
             .arg(&self.config_path)
             .args(self.args.get(&id).cloned().unwrap_or_default())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.server_bin.display()))?;
+        if let Some(stdin) = child.stdin.take() {
+            self.operator.insert(id, stdin);
+        }
         self.procs.insert(id, child);
         Ok(())
     }
@@ -140,8 +147,15 @@ impl Cluster {
         }
     }
 
+    /// Sends an operator command (`down SECONDS`, `up`, `status`) to server `id`'s stdin.
+    pub fn operator(&mut self, id: ServerId, command: &str) -> Result<(), String> {
+        let stdin = self.operator.get_mut(&id).ok_or(format!("server {id} is not running"))?;
+        writeln!(stdin, "{command}").and_then(|_| stdin.flush()).map_err(|e| format!("server {id}'s stdin: {e}"))
+    }
+
     /// SIGKILLs server `id` (no goodbye: it just vanishes).
     pub fn kill(&mut self, id: ServerId) {
+        self.operator.remove(&id);
         if let Some(mut c) = self.procs.remove(&id) {
             let _ = c.kill();
             let _ = c.wait();

@@ -6,5 +6,7 @@ pub mod engine;
 pub mod launch;
 pub mod peer;
 pub mod sharing;
+pub mod status;
 pub mod store;
 pub mod transfer_bench;
+pub mod watch;

@@ -1,11 +1,17 @@
 //! The client binary: sign in, then read commands from stdin, one per line.
 
+use client::cloud::Cloud;
 use client::commands::Session;
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, EXIT_USAGE};
+use common::protocol::Op;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest Ctrl-C waits for the cloud to record the sign-out.
+const SIGN_OUT_WAIT: Duration = Duration::from_secs(3);
 
 const OPTS: &[Opt] = &[
     Opt { name: "name", value: Some("NAME"), default: "", help: "your user name (required; registered on first run)" },
@@ -45,13 +51,25 @@ fn main() {
         }
     };
     println!("ok: signed in as {} (user {})", session.me.name, session.me.user_id);
+    let me = session.me.clone();
     let session = Arc::new(parking_lot::Mutex::new(session));
     let on_ctrlc = session.clone();
     let _ = ctrlc::set_handler(move || {
-        if let Some(mut s) = on_ctrlc.try_lock_for(std::time::Duration::from_secs(2)) {
-            s.sign_out();
+        // The prompt may be waiting on the cloud: sign out from a socket of our own.
+        if let Some(mut s) = on_ctrlc.try_lock_for(Duration::from_millis(200)) {
+            s.remove_temp();
         }
-        println!("\nok: signed out, bye");
+        let op = Op::SignOut { name: me.name.clone(), auth: Default::default() };
+        let signed_out = Cloud::connect(&cfg, None).and_then(|mut c| {
+            c.set_secret(me.secret_bytes());
+            c.call_within(op, None, Some(SIGN_OUT_WAIT))
+        });
+        match signed_out {
+            Ok(r) if r.reply.result.is_ok() => println!("\nok: signed out, bye"),
+            Ok(r) => println!("\nerror: sign-out refused: {}", r.reply.result.err().unwrap_or_default()),
+            Err(e) => println!("\nerror: could not sign out: {e}"),
+        }
+        let _ = std::io::stdout().flush();
         std::process::exit(0);
     });
     let interactive = std::io::stdin().is_terminal();

@@ -298,7 +298,16 @@ pub struct ServerStatus {
     pub tracked_requests: usize,
     /// Resident memory in KiB, when known.
     pub rss_kb: u64,
+    /// Requests it executed (won) in the last [`RECENT_SECS`] seconds.
+    #[serde(default)]
+    pub recent_wins: u64,
+    /// The server that would win a request arriving now, in its view (None: no live server).
+    #[serde(default)]
+    pub next_winner: Option<ServerId>,
 }
+
+/// The window of [`ServerStatus::recent_wins`], in seconds.
+pub const RECENT_SECS: u64 = 10;
 
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

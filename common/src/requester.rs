@@ -100,6 +100,13 @@ impl Requester {
         self.outstanding.contains_key(&rid)
     }
 
+    /// Gives up on `rid` (counted as timed out); a late answer counts as a duplicate.
+    pub fn abandon(&mut self, rid: RequestId) {
+        if self.outstanding.remove(&rid).is_some() {
+            self.stats.timed_out += 1;
+        }
+    }
+
     /// An answer arrived; returns the completion if it is the first for its request.
     pub fn on_reply(&mut self, reply: Reply) -> Option<Completion> {
         if self.outstanding.remove(&reply.rid).is_some() {

@@ -49,7 +49,7 @@ use crate::failure::{FailureSim, SimAction};
 use crate::service;
 use common::config::{ClusterConfig, ServerId};
 use common::crypto::{Key, KeyGen, Purpose};
-use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, ServerStatus, UserRecord};
+use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, ServerStatus, UserRecord, RECENT_SECS};
 use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -289,6 +289,8 @@ pub struct Node {
     failure: FailureSim,
     handled: u64,
     handled_by_kind: BTreeMap<&'static str, u64>,
+    /// Executions per second of the last `RECENT_SECS` seconds: (second, count), oldest first.
+    recent: VecDeque<(u64, u64)>,
     /// Requests executed here, in order (only with `record_executions`).
     pub executions: Vec<RequestId>,
 }
@@ -328,6 +330,7 @@ impl Node {
             failure,
             handled: 0,
             handled_by_kind: BTreeMap::new(),
+            recent: VecDeque::new(),
             executions: Vec::new(),
         };
         node.restore_votes(now);
@@ -407,6 +410,26 @@ impl Node {
             online: self.dir.online().take(100).map(|u| u.name).collect(),
             tracked_requests: self.requests.len(),
             rss_kb: self.rss_kb,
+            recent_wins: self.recent_wins(now),
+            next_winner: self.table.ranking(now, RequestId { client: 0, seq: 0 }).first().copied(),
+        }
+    }
+
+    /// Requests executed here in the last [`RECENT_SECS`] seconds.
+    fn recent_wins(&self, now: u64) -> u64 {
+        let sec = now / 1000;
+        self.recent.iter().filter(|(s, _)| s + RECENT_SECS > sec).map(|(_, n)| n).sum()
+    }
+
+    /// Counts one execution in the per-second window (at most `RECENT_SECS` + 1 buckets).
+    fn count_recent(&mut self, now: u64) {
+        let sec = now / 1000;
+        match self.recent.back_mut() {
+            Some((s, n)) if *s == sec => *n += 1,
+            _ => self.recent.push_back((sec, 1)),
+        }
+        while self.recent.front().is_some_and(|(s, _)| s + RECENT_SECS <= sec) {
+            self.recent.pop_front();
         }
     }
 
@@ -912,6 +935,7 @@ impl Node {
         let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) else { return };
         self.handled += 1;
         *self.handled_by_kind.entry(op.kind()).or_insert(0) += 1;
+        self.count_recent(now);
         if self.cfg.record_executions {
             self.executions.push(rid);
         }

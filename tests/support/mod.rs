@@ -119,6 +119,40 @@ impl ClientProc {
         }
     }
 
+    /// Waits for a line containing `what` (seen before or arriving within `timeout`).
+    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(what)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.contains(what) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Sends SIGINT, as Ctrl-C in its terminal would.
+    pub fn interrupt(&self) {
+        let st = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status().expect("kill runs");
+        assert!(st.success(), "kill -INT failed");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Runs one command and returns its result line.
     pub fn run(&mut self, cmd: &str) -> String {
         self.send(cmd);

@@ -1,0 +1,578 @@
+//! The demo's scenario: each step says in plain words what happens, makes it happen with real
+//! client processes and real servers, and checks what the clients printed and what the servers
+//! answer to `status` (and their logs). A step that does not see what it should returns an
+//! error saying what was expected and what was seen.
+
+use crate::proc::{self, check_stop, pause, Client, COMMAND_WAIT};
+use client::cloud::Cloud;
+use client::launch::{sibling_binary, Cluster};
+use client::status::{render, rows};
+use common::config::ServerId;
+use common::protocol::ServerStatus;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Steps of the scenario.
+pub const STEPS: usize = 14;
+
+/// How long the demo waits for a notice, a server state or a sign-in.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the demo was asked for.
+pub struct Settings {
+    /// Folder for the config, the servers' and clients' data and the logs.
+    pub dir: PathBuf,
+    /// Extra work per image on every server (makes the load visible).
+    pub slow_ms: u64,
+    /// Pause after each step.
+    pub pace: Duration,
+    /// The photo the users share.
+    pub image: PathBuf,
+    /// Cover images for the servers (None: the built-in cover).
+    pub covers: Option<PathBuf>,
+}
+
+/// The running demo: the cluster, the clients, and a status connection.
+pub struct Demo {
+    s: Settings,
+    cluster: Cluster,
+    cloud: Cloud,
+    client_bin: PathBuf,
+    clients: BTreeMap<String, Client>,
+    step: usize,
+    original: Vec<u8>,
+}
+
+fn expect(ok: bool, expected: &str, seen: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected: {expected}\n      seen:     {seen}"))
+    }
+}
+
+/// Encryptions counted by a server.
+fn encrypts(st: &ServerStatus) -> u64 {
+    st.handled_by_kind.iter().find(|(k, _)| k == "encrypt").map_or(0, |(_, n)| *n)
+}
+
+/// The server named in `... by server N ...`.
+fn server_of(line: &str) -> Option<ServerId> {
+    line.split("by server ").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// The image id in `ok: encrypted as ID by ...`.
+fn image_of(line: &str) -> Option<String> {
+    line.strip_prefix("ok: encrypted as ")?.split_whitespace().next().map(String::from)
+}
+
+/// The user names listed by `peers`.
+fn names(output: &[String]) -> Vec<String> {
+    output.iter().filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+}
+
+fn loads(st: &HashMap<ServerId, ServerStatus>, ids: &[ServerId]) -> String {
+    ids.iter()
+        .map(|id| {
+            let load = st.get(id).and_then(|s| s.peers.iter().find(|p| p.id == *id)).map(|p| p.load);
+            format!("{id}:{}", load.map_or("down".into(), |l| l.to_string()))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Demo {
+    /// Writes the cluster's config on free ports under the demo folder.
+    pub fn new(s: Settings) -> Result<Demo, String> {
+        let original =
+            std::fs::read(&s.image).map_err(|e| format!("cannot read the photo {}: {e}", s.image.display()))?;
+        let covers = s.covers.clone();
+        let cluster = Cluster::new(&s.dir, 3, |cfg| {
+            if let Some(c) = covers {
+                cfg.images_dir = c.to_string_lossy().into_owned();
+            }
+        })?;
+        let cloud = Cloud::connect(&cluster.cfg, None)?;
+        Ok(Demo {
+            s,
+            cluster,
+            cloud,
+            client_bin: sibling_binary("client")?,
+            clients: BTreeMap::new(),
+            step: 0,
+            original,
+        })
+    }
+
+    /// Plays every step; the number of steps that passed.
+    pub fn run(&mut self) -> Result<usize, String> {
+        self.start_servers()?;
+        self.sign_up()?;
+        let id = self.encrypt()?;
+        self.gallery(&id)?;
+        self.request_approve(&id)?;
+        self.views_run_out(&id)?;
+        self.grant_online(&id)?;
+        self.offline_grants(&id)?;
+        let killed = self.kill_mid_request()?;
+        self.join_while_down(killed)?;
+        self.restart(killed)?;
+        self.least_loaded()?;
+        self.operator_down()?;
+        self.sign_out_all()?;
+        Ok(self.step)
+    }
+
+    /// The current step number.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    fn title(&mut self, title: &str, story: &str) -> Result<(), String> {
+        check_stop()?;
+        self.step += 1;
+        println!("\n[{}/{STEPS}] {title}", self.step);
+        println!("    {story}");
+        Ok(())
+    }
+
+    fn pass(&self, what: &str) -> Result<(), String> {
+        println!("    ✔ {what}");
+        pause(self.s.pace)
+    }
+
+    fn image_arg(&self) -> String {
+        self.s.image.display().to_string()
+    }
+
+    fn client(&mut self, who: &str) -> Result<&mut Client, String> {
+        self.clients.get_mut(who).ok_or(format!("{who} is not running"))
+    }
+
+    /// Runs a client command and shows it with its result line.
+    fn cmd(&mut self, who: &str, cmd: &str) -> Result<(String, Vec<String>), String> {
+        let (line, out) = self.client(who)?.run(cmd)?;
+        println!("      {who}> {cmd}");
+        for o in out.iter().take(3) {
+            println!("      {o}");
+        }
+        println!("      {line}");
+        Ok((line, out))
+    }
+
+    /// A command that must succeed.
+    fn ok(&mut self, who: &str, cmd: &str) -> Result<(String, Vec<String>), String> {
+        let r = self.cmd(who, cmd)?;
+        expect(r.0.starts_with("ok:"), &format!("`{cmd}` to succeed (an ok: line)"), &r.0)?;
+        Ok(r)
+    }
+
+    /// Waits for a line of `who` containing `what`, and shows it.
+    fn notice(&mut self, who: &str, what: &str) -> Result<String, String> {
+        let c = self.client(who)?;
+        match c.wait_for(what, WAIT) {
+            Ok(l) => {
+                println!("      {who}: {l}");
+                Ok(l)
+            }
+            Err(e) => {
+                let last: Vec<&String> = c.seen.iter().rev().take(3).collect();
+                Err(format!(
+                    "expected: {who} prints a line containing {what:?}\n      seen:     {e}; last lines {last:?}"
+                ))
+            }
+        }
+    }
+
+    /// Starts a client, which registers (first run) and signs in.
+    fn join(&mut self, name: &str) -> Result<(), String> {
+        let data = self.cluster.dir.join(format!("client-{name}"));
+        let mut c = Client::start(&self.client_bin, &self.cluster.config_path, &data, name)?;
+        let (line, _) = c.result(WAIT)?;
+        println!("      $ client --name {name}\n      {line}");
+        self.clients.insert(name.into(), c);
+        expect(line.starts_with(&format!("ok: signed in as {name}")), &format!("ok: signed in as {name}"), &line)
+    }
+
+    /// Quits a client and waits for it to exit.
+    fn quit(&mut self, name: &str) -> Result<(), String> {
+        self.ok(name, "quit")?;
+        if let Some(mut c) = self.clients.remove(name) {
+            c.wait_exit(WAIT)?;
+        }
+        Ok(())
+    }
+
+    fn statuses(&mut self) -> HashMap<ServerId, ServerStatus> {
+        self.cloud.statuses(Duration::from_millis(400))
+    }
+
+    /// Polls the servers' status until `done` holds; the last statuses either way.
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&HashMap<ServerId, ServerStatus>) -> bool,
+    ) -> Result<(bool, HashMap<ServerId, ServerStatus>), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_stop()?;
+            let st = self.statuses();
+            if done(&st) {
+                return Ok((true, st));
+            }
+            if Instant::now() >= deadline {
+                return Ok((false, st));
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+
+    fn print_table(&self, st: &HashMap<ServerId, ServerStatus>) {
+        for line in render(&rows(&self.cluster.cfg, st)).lines() {
+            println!("      {line}");
+        }
+    }
+
+    fn start_server(&mut self, id: ServerId) -> Result<(), String> {
+        self.cluster.start(id)?;
+        if let Some(pid) = self.cluster.pid(id) {
+            proc::register(pid);
+        }
+        Ok(())
+    }
+
+    fn kill_server(&mut self, id: ServerId) {
+        if let Some(pid) = self.cluster.pid(id) {
+            self.cluster.kill(id);
+            proc::unregister(pid);
+        }
+    }
+
+    /// The server whose encryption count rose above `before`.
+    fn wait_winner(&mut self, before: &HashMap<ServerId, u64>) -> Result<Option<ServerId>, String> {
+        let (_, st) = self.poll(Duration::from_secs(10), |st| {
+            st.iter().any(|(id, s)| encrypts(s) > before.get(id).copied().unwrap_or(0))
+        })?;
+        Ok(st.iter().find(|(id, s)| encrypts(s) > before.get(id).copied().unwrap_or(0)).map(|(id, _)| *id))
+    }
+
+    fn encrypt_counts(&mut self) -> HashMap<ServerId, u64> {
+        self.statuses().iter().map(|(id, s)| (*id, encrypts(s))).collect()
+    }
+
+    fn start_servers(&mut self) -> Result<(), String> {
+        self.title(
+            "Three servers start",
+            "Three server processes start on free local ports. Every second each one tells the others \
+             its load; together they keep one directory of users, replicated and on disk.",
+        )?;
+        for id in self.cluster.cfg.ids() {
+            self.cluster.set_args(id, vec!["--slow-ms".into(), self.s.slow_ms.to_string()]);
+            self.start_server(id)?;
+        }
+        self.cluster.wait_ready(WAIT)?;
+        let ids = self.cluster.cfg.ids();
+        let st = self.statuses();
+        self.print_table(&st);
+        let all_see_all = ids.iter().all(|id| {
+            st.get(id).is_some_and(|s| !s.down && ids.iter().all(|o| s.peers.iter().any(|p| p.id == *o && p.live)))
+        });
+        expect(all_see_all, "3 servers up, each seeing the others live", &format!("{} answered", st.len()))?;
+        self.pass("3 of 3 servers answer, and each one sees the other two live")
+    }
+
+    fn sign_up(&mut self) -> Result<(), String> {
+        self.title(
+            "alice and bob join",
+            "alice and bob start the client. The first time, it registers the name with the cloud \
+             and keeps a secret; then it signs in: the directory records that they are \
+             online and where their client listens.",
+        )?;
+        self.join("alice")?;
+        self.join("bob")?;
+        let (ok, st) =
+            self.poll(Duration::from_secs(5), |st| st.len() == 3 && st.values().all(|s| s.online == ["alice", "bob"]))?;
+        let seen: Vec<String> = st.values().map(|s| format!("server {}: {:?}", s.id, s.online)).collect();
+        expect(ok, "every server lists alice and bob online", &seen.join(", "))?;
+        self.pass("alice and bob are signed in, and all 3 servers list them online")
+    }
+
+    fn encrypt(&mut self) -> Result<String, String> {
+        self.title(
+            "alice hides a photo in a cover image",
+            "alice asks the cloud to hide her photo inside an innocent cover picture. The least-loaded \
+             server wins the election, receives the photo, hides it and sends the PNG back; alice \
+             checks it hides her exact bytes. (The servers run with --slow-ms: each image takes \
+             them longer, so the load is easy to watch.)",
+        )?;
+        let before = self.encrypt_counts();
+        let (line, _) = self.ok("alice", &format!("encrypt {}", self.image_arg()))?;
+        let (Some(id), Some(server)) = (image_of(&line), server_of(&line)) else {
+            return Err(format!("expected: ok: encrypted as ID by server N\n      seen:     {line}"));
+        };
+        let after = self.encrypt_counts();
+        let rose: Vec<ServerId> =
+            after.iter().filter(|(s, n)| **n > before.get(s).copied().unwrap_or(0)).map(|(s, _)| *s).collect();
+        expect(rose == [server], &format!("only server {server} counts a new encryption"), &format!("{rose:?}"))?;
+        self.pass(&format!("the photo is hidden as {id} by server {server}, the only server that counted the work"))?;
+        Ok(id)
+    }
+
+    fn gallery(&mut self, id: &str) -> Result<(), String> {
+        self.title(
+            "bob looks at alice's gallery",
+            "bob's client asks alice's client directly (peer to peer, not through the cloud) for \
+             small previews of the images she shares.",
+        )?;
+        let (line, out) = self.ok("bob", "gallery alice")?;
+        let listed = out.iter().any(|l| l.trim_start().starts_with(id));
+        expect(line.contains("1 images in alice's gallery") && listed, &format!("1 image, {id}"), &line)?;
+        self.pass(&format!("bob sees the preview of {id}, sent by alice's client"))
+    }
+
+    fn request_approve(&mut self, id: &str) -> Result<(), String> {
+        self.title(
+            "bob asks for the photo with 2 views; alice approves",
+            "The request goes peer to peer. alice approves: her client sends bob the hidden photo \
+             with his rights (2 views) embedded in the file.",
+        )?;
+        self.ok("bob", &format!("request alice {id} 2"))?;
+        let n = self.notice("alice", &format!("bob asks for {id} with 2 views"))?;
+        let n = n.split("`approve ").nth(1).and_then(|r| r.split('`').next()).unwrap_or("1").to_string();
+        let (line, _) = self.ok("alice", &format!("approve {n}"))?;
+        expect(line.contains("sent to bob with 2 views"), "sent to bob with 2 views", &line)?;
+        self.notice("bob", &format!("received {id} from alice with 2 views"))?;
+        self.pass("bob holds the photo with 2 views")
+    }
+
+    fn views_run_out(&mut self, id: &str) -> Result<(), String> {
+        self.title(
+            "bob's views run out",
+            "Each view reveals the hidden photo once and counts down the views stored in bob's copy. \
+             After the second view only the innocent cover is left to see.",
+        )?;
+        for left in [1, 0] {
+            let (line, _) = self.ok("bob", &format!("view {id}"))?;
+            expect(line.contains(&format!("({left} views left)")), &format!("({left} views left)"), &line)?;
+            let path = line.rsplit(" in ").next().unwrap_or_default().trim().to_string();
+            let same = std::fs::read(&path).is_ok_and(|b| b == self.original);
+            expect(same, "the revealed file equals alice's photo byte for byte", &path)?;
+        }
+        let (line, _) = self.cmd("bob", &format!("view {id}"))?;
+        expect(line.starts_with("error:") && line.contains("only the cover"), "error: no views left", &line)?;
+        self.pass("two views showed alice's exact photo; the third was refused")
+    }
+
+    fn grant_online(&mut self, id: &str) -> Result<(), String> {
+        self.title(
+            "alice grants bob 3 more views while he is online",
+            "The new number of views goes straight to bob's client, which updates his copy.",
+        )?;
+        let (line, _) = self.ok("alice", &format!("grant bob {id} 3"))?;
+        expect(line.contains("delivered to bob"), "delivered to bob", &line)?;
+        self.notice("bob", &format!("alice set {id} to 3 views"))?;
+        let (_, out) = self.ok("bob", "received")?;
+        let three = out.iter().any(|l| l.contains(&format!("alice/{id}  3 views left")));
+        expect(three, &format!("alice/{id} with 3 views left"), &format!("{out:?}"))?;
+        self.pass("bob's copy now has 3 views")
+    }
+
+    fn offline_grants(&mut self, id: &str) -> Result<(), String> {
+        self.title(
+            "bob goes offline; alice changes his views twice; bob comes back",
+            "bob quits. alice's grants cannot reach him, so the cloud keeps them for him in the \
+             replicated directory. When bob signs in again his client fetches them and applies \
+             them in order.",
+        )?;
+        self.quit("bob")?;
+        let (_, out) = self.ok("alice", "peers")?;
+        expect(!names(&out).contains(&"bob".to_string()), "bob is not online", &format!("{:?}", names(&out)))?;
+        for views in [5, 4] {
+            let (line, _) = self.ok("alice", &format!("grant bob {id} {views}"))?;
+            expect(line.contains("queued for bob (offline)"), "queued for bob (offline)", &line)?;
+        }
+        self.join("bob")?;
+        let five = self.notice("bob", &format!("alice set {id} to 5 views"))?;
+        let four = self.notice("bob", &format!("alice set {id} to 4 views"))?;
+        let seen = &self.client("bob")?.seen;
+        let order = seen.iter().position(|l| *l == five) < seen.iter().position(|l| *l == four);
+        expect(order, "the grant of 5 views applied before the grant of 4", "the other order")?;
+        let (_, out) = self.ok("bob", "received")?;
+        let four = out.iter().any(|l| l.contains(&format!("alice/{id}  4 views left")));
+        expect(four, &format!("alice/{id} with 4 views left"), &format!("{out:?}"))?;
+        self.pass("bob got both buffered grants, in order: his copy has 4 views")
+    }
+
+    fn kill_mid_request(&mut self) -> Result<ServerId, String> {
+        self.title(
+            "a server is killed in the middle of a request",
+            "bob shares a photo too. While the winning server is still working on it we kill it \
+             (SIGKILL: no goodbye). The others notice its silence, the next server in the ranking \
+             takes the request over, and bob gets exactly one answer.",
+        )?;
+        let before = self.encrypt_counts();
+        let cmd = format!("encrypt {}", self.image_arg());
+        self.client("bob")?.send(&cmd)?;
+        println!("      bob> {cmd}");
+        let Some(w) = self.wait_winner(&before)? else {
+            return Err("expected: a server starts bob's encryption\n      seen:     none did".into());
+        };
+        println!("      (server {w} won it and is working on it: kill -9 server {w})");
+        self.kill_server(w);
+        let (line, _) = self.client("bob")?.result(COMMAND_WAIT)?;
+        println!("      {line}");
+        let by = server_of(&line);
+        expect(
+            line.starts_with("ok: encrypted as") && by.is_some_and(|b| b != w),
+            &format!("ok: encrypted … by a server other than {w}"),
+            &line,
+        )?;
+        let (stats, _) = self.ok("bob", "stats")?;
+        expect(stats.contains("handled_twice=0"), "handled_twice=0", &stats)?;
+        self.pass(&format!(
+            "bob's request completed on server {} after server {w} died; nothing was handled twice",
+            by.unwrap_or_default()
+        ))?;
+        Ok(w)
+    }
+
+    fn join_while_down(&mut self, down: ServerId) -> Result<(), String> {
+        self.title(
+            &format!("carol joins while server {down} is dead"),
+            "Two of three servers are a majority: the cloud keeps working. carol registers; only the \
+             two live servers record her.",
+        )?;
+        self.join("carol")?;
+        let (ok, st) = self.poll(Duration::from_secs(5), |st| {
+            st.len() == 2 && st.values().all(|s| s.users == 3 && s.online.iter().any(|u| u == "carol"))
+        })?;
+        let seen: Vec<String> = st.values().map(|s| format!("server {}: {} users", s.id, s.users)).collect();
+        expect(ok && !st.contains_key(&down), "2 servers answer, each with 3 users", &seen.join(", "))?;
+        self.pass(&format!("carol is in the directory of the 2 live servers; server {down} does not answer"))
+    }
+
+    fn restart(&mut self, id: ServerId) -> Result<(), String> {
+        self.title(
+            &format!("server {id} comes back"),
+            "It reloads its directory from disk, which has never heard of carol. The others see it \
+             return and push it the full directory.",
+        )?;
+        self.start_server(id)?;
+        self.cluster.wait_ready(WAIT)?;
+        let (ok, st) = self.poll(Duration::from_secs(10), |st| {
+            st.get(&id).is_some_and(|s| s.users == 3 && s.online.iter().any(|u| u == "carol"))
+        })?;
+        let seen = st.get(&id).map_or("no answer".into(), |s| format!("{} users, online {:?}", s.users, s.online));
+        expect(ok, &format!("server {id} lists 3 users, carol online"), &seen)?;
+        let (other, log_line) = self.pushed_to(id)?;
+        println!("      server {other}'s log: {log_line}");
+        self.pass(&format!("server {id} now knows carol: server {other} pushed it the directory"))
+    }
+
+    /// A line of another server's log saying it pushed the directory to `id`.
+    fn pushed_to(&self, id: ServerId) -> Result<(ServerId, String), String> {
+        let what = format!("server {id} is back");
+        for other in self.cluster.cfg.ids().into_iter().filter(|o| *o != id) {
+            if let Some(l) = self.cluster.log(other).lines().rev().find(|l| l.contains(&what)) {
+                return Ok((other, l.trim().to_string()));
+            }
+        }
+        Err(format!("expected: a log line {what:?} … pushing the full directory\n      seen:     none"))
+    }
+
+    fn least_loaded(&mut self) -> Result<(), String> {
+        self.title(
+            "the election moves to the least-loaded server",
+            "A server adds 10 to its load for each request it holds. alice, bob and carol each send \
+             a photo, one right after the other: each request goes to the server that is least \
+             loaded at that moment, so the three land on three different servers.",
+        )?;
+        let ids = self.cluster.cfg.ids();
+        let mut sent: Vec<(String, ServerId, ServerId)> = Vec::new();
+        for who in ["alice", "bob", "carol"] {
+            // Wait until the servers already working announced it (their load went up).
+            let busy: Vec<ServerId> = sent.iter().map(|(_, w, _)| *w).collect();
+            let cfg = self.cluster.cfg.clone();
+            let (_, st) = self.poll(Duration::from_secs(4), |st| {
+                let rows = rows(&cfg, st);
+                let announced = rows.iter().filter(|r| busy.contains(&r.id)).all(|r| r.load.is_some_and(|l| l >= 10));
+                announced && rows.iter().any(|r| r.next_winner && !busy.contains(&r.id))
+            })?;
+            let expected = rows(&self.cluster.cfg, &st).iter().find(|r| r.next_winner).map(|r| r.id);
+            let Some(expected) = expected else {
+                return Err("expected: the servers name a next winner\n      seen:     none".into());
+            };
+            let before: HashMap<ServerId, u64> = st.iter().map(|(id, s)| (*id, encrypts(s))).collect();
+            let cmd = format!("encrypt {}", self.image_arg());
+            self.client(who)?.send(&cmd)?;
+            let Some(w) = self.wait_winner(&before)? else {
+                return Err(format!("expected: a server starts {who}'s encryption\n      seen:     none did"));
+            };
+            println!("      loads {} → {who}> {cmd} → won by server {w}", loads(&st, &ids));
+            sent.push((who.to_string(), w, expected));
+        }
+        for (who, w, expected) in &sent {
+            let (line, _) = self.client(who)?.result(COMMAND_WAIT)?;
+            println!("      {who}: {line}");
+            expect(server_of(&line) == Some(*w), &format!("{who}'s photo encrypted by server {w}"), &line)?;
+            expect(
+                w == expected,
+                &format!("{who}'s request won by the least-loaded server, {expected}"),
+                &format!("server {w}"),
+            )?;
+        }
+        let mut distinct: Vec<ServerId> = sent.iter().map(|(_, w, _)| *w).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        expect(distinct.len() == 3, "three different servers", &format!("{distinct:?}"))?;
+        self.pass("each request went to the least-loaded server: three requests, three servers")
+    }
+
+    fn operator_down(&mut self) -> Result<(), String> {
+        let st = self.statuses();
+        let x = rows(&self.cluster.cfg, &st).iter().find(|r| r.next_winner).map_or(1, |r| r.id);
+        self.title(
+            &format!("the operator takes server {x} down for 5 seconds"),
+            "`down 5` on a server's console: it announces load 999 and ignores all traffic. carol \
+             signs out meanwhile; the cloud keeps answering. When the server comes back up, the \
+             others push it the directory again.",
+        )?;
+        self.cluster.operator(x, "down 5")?;
+        println!("      server {x}> down 5");
+        let (ok, st) = self.poll(Duration::from_secs(3), |st| !st.contains_key(&x))?;
+        expect(ok, &format!("server {x} stops answering"), &format!("{} servers answer", st.len()))?;
+        self.print_table(&st);
+        self.quit("carol")?;
+        let (_, out) = self.ok("alice", "peers")?;
+        expect(names(&out) == ["alice", "bob"], "alice and bob online", &format!("{:?}", names(&out)))?;
+        let (ok, st) =
+            self.poll(Duration::from_secs(15), |st| st.get(&x).is_some_and(|s| s.online == ["alice", "bob"]))?;
+        let seen = st.get(&x).map_or("no answer".into(), |s| format!("online {:?}", s.online));
+        expect(ok, &format!("server {x} back up, listing alice and bob online (not carol)"), &seen)?;
+        self.print_table(&st);
+        let (other, log_line) = self.pushed_to(x)?;
+        println!("      server {other}'s log: {log_line}");
+        self.pass(&format!("server {x} is back and knows carol signed out while it was down"))
+    }
+
+    fn sign_out_all(&mut self) -> Result<(), String> {
+        self.title("everyone signs out", "alice and bob quit; the directory shows nobody online.")?;
+        self.quit("alice")?;
+        self.quit("bob")?;
+        let (ok, st) =
+            self.poll(Duration::from_secs(5), |st| st.len() == 3 && st.values().all(|s| s.online.is_empty()))?;
+        self.print_table(&st);
+        expect(ok, "3 servers, nobody online", &format!("{} servers answered", st.len()))?;
+        self.pass("all 3 servers list nobody online")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.clients.clear();
+        for id in self.cluster.running() {
+            self.kill_server(id);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The cluster's status table, from the `status` answers of the servers themselves: each
+//! server up or down (no answer), its load, whether it would win the next request (the
+//! least-loaded live server), how many requests it won recently, and the online users.
+//! Used by the `status` binary and the demo.
+
+use common::config::{ClusterConfig, ServerId};
+use common::protocol::{ServerStatus, RECENT_SECS};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One server's line of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Server id.
+    pub id: ServerId,
+    /// Answered and not down.
+    pub up: bool,
+    /// The load it announces (its own view of itself), when up.
+    pub load: Option<u32>,
+    /// The servers that answered say it would win a request now.
+    pub next_winner: bool,
+    /// Requests it won in the last [`RECENT_SECS`] seconds, when up.
+    pub recent_wins: Option<u64>,
+    /// Requests it won since it (last) started, when up.
+    pub handled: Option<u64>,
+    /// Users in its directory, when up.
+    pub users: Option<usize>,
+    /// Online users in its directory, when up.
+    pub online: Vec<String>,
+}
+
+/// The rows of every configured server, from the answers received (a missing answer is down).
+pub fn rows(cfg: &ClusterConfig, answers: &HashMap<ServerId, ServerStatus>) -> Vec<Row> {
+    // The next winner: what most answering servers name (they rank by the same announcements).
+    let mut votes: BTreeMap<ServerId, usize> = BTreeMap::new();
+    for st in answers.values().filter(|s| !s.down) {
+        if let Some(w) = st.next_winner {
+            *votes.entry(w).or_insert(0) += 1;
+        }
+    }
+    let winner = votes.iter().max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id))).map(|(id, _)| *id);
+    cfg.ids()
+        .into_iter()
+        .map(|id| match answers.get(&id).filter(|s| !s.down) {
+            Some(st) => Row {
+                id,
+                up: true,
+                load: st.peers.iter().find(|p| p.id == id).map(|p| p.load),
+                next_winner: winner == Some(id),
+                recent_wins: Some(st.recent_wins),
+                handled: Some(st.handled),
+                users: Some(st.users),
+                online: st.online.clone(),
+            },
+            None => Row {
+                id,
+                up: false,
+                load: None,
+                next_winner: false,
+                recent_wins: None,
+                handled: None,
+                users: None,
+                online: vec![],
+            },
+        })
+        .collect()
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The table as text (one header line, one line per server, then the online users).
+pub fn render(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>6}  online users\n",
+        "server",
+        "state",
+        "load",
+        "next request",
+        format!("won last {RECENT_SECS}s"),
+        "won total",
+        "users"
+    );
+    for r in rows {
+        let online = if !r.up {
+            "-".to_string()
+        } else if r.online.is_empty() {
+            "(none)".to_string()
+        } else {
+            r.online.join(", ")
+        };
+        out.push_str(&format!(
+            "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>6}  {online}\n",
+            r.id,
+            if r.up { "up" } else { "DOWN" },
+            or_dash(r.load),
+            if r.next_winner { "<- wins it" } else { "" },
+            or_dash(r.recent_wins),
+            or_dash(r.handled),
+            or_dash(r.users),
+        ));
+    }
+    let all: BTreeSet<&String> = rows.iter().flat_map(|r| r.online.iter()).collect();
+    let all: Vec<&str> = all.into_iter().map(|s| s.as_str()).collect();
+    let up = rows.iter().filter(|r| r.up).count();
+    out.push_str(&format!(
+        "{up} of {} servers up; online: {}\n",
+        rows.len(),
+        if all.is_empty() { "(none)".to_string() } else { all.join(", ") }
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::config::ServerEntry;
+    use common::protocol::PeerView;
+
+    fn status(id: ServerId, load: u32, winner: ServerId) -> ServerStatus {
+        ServerStatus {
+            id,
+            down: false,
+            peers: vec![PeerView { id, load, live: true }],
+            handled: 5,
+            handled_by_kind: vec![],
+            users: 2,
+            online: vec!["alice".into()],
+            tracked_requests: 0,
+            rss_kb: 0,
+            recent_wins: 1,
+            next_winner: Some(winner),
+        }
+    }
+
+    #[test]
+    fn a_silent_server_is_down_and_the_majority_names_the_winner() {
+        let servers = (1..=3)
+            .map(|i| ServerEntry {
+                id: i,
+                client_addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                peer_addr: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+            })
+            .collect();
+        let cfg = ClusterConfig::with_servers(servers);
+        let answers: HashMap<_, _> = [(1, status(1, 20, 2)), (2, status(2, 3, 2))].into_iter().collect();
+        let rows = rows(&cfg, &answers);
+        assert!(rows[0].up && rows[1].up && !rows[2].up);
+        assert_eq!(rows.iter().filter(|r| r.next_winner).map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(rows[0].load, Some(20));
+        let text = render(&rows);
+        assert!(text.contains("DOWN") && text.contains("2 of 3 servers up; online: alice"), "{text}");
+    }
+}
