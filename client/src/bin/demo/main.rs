@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const OPTS: &[Opt] = &[
-    Opt { name: "slow-ms", value: Some("MS"), default: "1500", help: "extra work per image on every server" },
+    Opt { name: "slow-ms", value: Some("MS"), default: "3000", help: "extra work per image on every server" },
     Opt { name: "pace-ms", value: Some("MS"), default: "0", help: "pause after each step (time to talk)" },
     Opt { name: "image", value: Some("PATH"), default: "images/sample-10k.jpg", help: "the photo the users share" },
     Opt { name: "covers", value: Some("DIR"), default: "images", help: "cover images for the servers" },
@@ -42,7 +42,7 @@ fn main() {
         }
         Err(Some(e)) => fail(&e),
     };
-    let slow_ms = args.num::<u64>("slow-ms").unwrap_or_else(|e| fail(&e)).unwrap_or(1500);
+    let slow_ms = args.num::<u64>("slow-ms").unwrap_or_else(|e| fail(&e)).unwrap_or(3000);
     let pace = Duration::from_millis(args.num::<u64>("pace-ms").unwrap_or_else(|e| fail(&e)).unwrap_or(0));
     let image = PathBuf::from(args.get("image").unwrap_or("images/sample-10k.jpg"));
     if !image.is_file() {

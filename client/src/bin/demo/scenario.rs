@@ -301,9 +301,10 @@ impl Demo {
     fn encrypt(&mut self) -> Result<String, String> {
         self.title(
             "alice hides a photo in a cover image",
-            "alice asks the cloud to hide her photo inside an innocent cover picture. The least-loaded \
-             server wins the election, receives the photo, hides it and sends the PNG back; alice \
-             checks it hides her exact bytes. (The servers run with --slow-ms: each image takes \
+            "alice seals her photo under her own key and asks the cloud to hide it inside an innocent \
+             cover picture. The least-loaded server wins the election, receives the sealed photo, \
+             checks it is alice's and an image, hides it and sends the PNG back; alice checks it \
+             hides her exact bytes. (The servers run with --slow-ms: each image takes \
              them longer, so the load is easy to watch.)",
         )?;
         let before = self.encrypt_counts();
@@ -334,8 +335,9 @@ impl Demo {
     fn request_approve(&mut self, id: &str) -> Result<(), String> {
         self.title(
             "bob asks for the photo with 2 views; alice approves",
-            "The request goes peer to peer. alice approves: her client sends bob the hidden photo \
-             with his rights (2 views) embedded in the file.",
+            "The request goes peer to peer. alice approves: the cloud issues a fresh key for this \
+             share, her client re-seals the hidden photo under it and sends it to bob with his \
+             rights (2 views) embedded in the file.",
         )?;
         self.ok("bob", &format!("request alice {id} 2"))?;
         let n = self.notice("alice", &format!("bob asks for {id} with 2 views"))?;
