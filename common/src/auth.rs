@@ -118,8 +118,53 @@ pub fn decode_at_server(bytes: &[u8], key: &Key, now_ms: u64, window_ms: u64) ->
     Ok((frame, false))
 }
 
-/// The tag of a rights message: `owner` gives `viewer` `views` views of `image_id`, version
-/// `version` (`kind` tells a delivery from an update, so one cannot stand for the other).
+/// What a rights message's tag covers: `owner` gives `viewer` `views` views of `image_id`,
+/// version `version` (`kind` tells a delivery from an update, so one cannot stand for the other).
+#[derive(Debug, Clone, Copy)]
+pub struct RightsFields<'a> {
+    /// "deliver" or "grant".
+    pub kind: &'a str,
+    /// The owner.
+    pub owner: &'a str,
+    /// The viewer.
+    pub viewer: &'a str,
+    /// The image.
+    pub image_id: &'a str,
+    /// Views granted.
+    pub views: u32,
+    /// Version of the grant.
+    pub version: u64,
+}
+
+impl RightsFields<'_> {
+    /// Runs `f` on the framed fields the tag covers.
+    fn with_fields<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        let (v, n) = (self.views.to_le_bytes(), self.version.to_le_bytes());
+        f(&[
+            b"imgcloud rights",
+            self.kind.as_bytes(),
+            self.owner.as_bytes(),
+            self.viewer.as_bytes(),
+            self.image_id.as_bytes(),
+            &v,
+            &n,
+        ])
+    }
+
+    /// The tag under `share_key` (hex).
+    pub fn tag(&self, share_key: &Key) -> String {
+        crypto::to_hex(&self.with_fields(|fields| crypto::tag(share_key, fields)))
+    }
+
+    /// Checks `tag` (hex) in constant time.
+    pub fn check(&self, share_key: &Key, tag: &str) -> Result<(), String> {
+        let t = crypto::from_hex(tag).ok_or("malformed rights tag")?;
+        self.with_fields(|fields| crypto::verify(share_key, fields, &t))
+            .map_err(|_| format!("the {} from {} for {} is not authentic", self.kind, self.owner, self.image_id))
+    }
+}
+
+/// The tag of a rights message (see [`RightsFields`]).
 pub fn rights_tag(
     share_key: &Key,
     kind: &str,
@@ -129,22 +174,10 @@ pub fn rights_tag(
     views: u32,
     version: u64,
 ) -> String {
-    let t = crypto::tag(
-        share_key,
-        &[
-            b"imgcloud rights",
-            kind.as_bytes(),
-            owner.as_bytes(),
-            viewer.as_bytes(),
-            image_id.as_bytes(),
-            &views.to_le_bytes(),
-            &version.to_le_bytes(),
-        ],
-    );
-    crypto::to_hex(&t)
+    RightsFields { kind, owner, viewer, image_id, views, version }.tag(share_key)
 }
 
-/// Checks the tag of a rights message (see [`rights_tag`]).
+/// Checks the tag of a rights message (see [`RightsFields`]).
 #[allow(clippy::too_many_arguments)]
 pub fn check_rights(
     share_key: &Key,
@@ -156,21 +189,7 @@ pub fn check_rights(
     version: u64,
     tag: &str,
 ) -> Result<(), String> {
-    let t = crypto::from_hex(tag).ok_or("malformed rights tag")?;
-    crypto::verify(
-        share_key,
-        &[
-            b"imgcloud rights",
-            kind.as_bytes(),
-            owner.as_bytes(),
-            viewer.as_bytes(),
-            image_id.as_bytes(),
-            &views.to_le_bytes(),
-            &version.to_le_bytes(),
-        ],
-        &t,
-    )
-    .map_err(|_| format!("the {kind} from {owner} for {image_id} is not authentic"))
+    RightsFields { kind, owner, viewer, image_id, views, version }.check(share_key, tag)
 }
 
 /// Associated data binding a per-share key (as the cloud wraps it) to its share.
