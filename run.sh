@@ -4,7 +4,7 @@
 #   ./run.sh                   build (release) and start every server of cluster.json in the foreground
 #   ./run.sh --simulate-failures   the same, the servers taking turns going down
 #   ./run.sh client NAME       start a client (registers NAME on first run); pipe commands or type them
-#   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | status
+#   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | simulate on|off | status
 #   ./run.sh status [--once]   live table of every server: up/down, load, elections won, online users
 #   CONFIG=other.json ./run.sh ...   use another config
 set -euo pipefail
@@ -51,7 +51,7 @@ case "${1:-}" in
         build
         exec target/release/client --config "$CONFIG" --name "$2" "${@:3}" ;;
     ctl )
-        [ $# -ge 3 ] || { echo "usage: ./run.sh ctl ID down [SECONDS] | up | status" >&2; exit 2; }
+        [ $# -ge 3 ] || { echo "usage: ./run.sh ctl ID down [SECONDS] | up | simulate on|off | status" >&2; exit 2; }
         ctl="$RUN_DIR/server-$2.ctl"
         [ -p "$ctl" ] || { echo "server $2 is not running from ./run.sh" >&2; exit 1; }
         echo "${@:3}" > "$ctl" ;;

@@ -15,8 +15,8 @@ fn the_demo_plays_every_step() {
         Command::new(sibling_binary("demo").expect("demo binary")).arg("--dir").arg(&dir).output().expect("demo runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed ({:?}):\n{text}", out.status);
-    assert!(text.contains("✔ all 14 steps behaved as they should"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("✔ ")).count(), 15, "{text}");
+    assert!(text.contains("✔ all 15 steps behaved as they should"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("✔ ")).count(), 16, "{text}");
     assert!(!text.contains('✘'), "{text}");
     assert!(!dir.exists(), "the demo removes its folder");
 }

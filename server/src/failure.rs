@@ -66,6 +66,18 @@ impl FailureSim {
         }
     }
 
+    /// Switches the simulation on (the lowest id takes the first token and goes down at once)
+    /// or off (whoever holds the token keeps it; a server down comes back when its time is up).
+    pub fn set_enabled(&mut self, now: u64, on: bool) {
+        if on == self.enabled {
+            return;
+        }
+        self.enabled = on;
+        self.last_token_seen = now;
+        let first = self.ids.iter().min() == Some(&self.me);
+        self.phase = if on && first { Phase::Waiting { until: now } } else { Phase::Idle };
+    }
+
     /// True while this server holds the token.
     pub fn holds_token(&self) -> bool {
         self.phase != Phase::Idle
@@ -153,5 +165,28 @@ impl FailureSim {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::Policy;
+
+    #[test]
+    fn switched_on_by_the_operator_the_lowest_id_goes_down_at_once_and_off_stops_it() {
+        let ids = [1, 2, 3];
+        let table = LoadTable::new(1, &ids, 3000, Policy::LeastLoad);
+        let mut first = FailureSim::new(&NodeConfig::simulated(1, &ids), 0);
+        let mut second = FailureSim::new(&NodeConfig::simulated(2, &ids), 0);
+        assert_eq!(first.tick(10, &table, false), SimAction::None, "off by default");
+        first.set_enabled(20, true);
+        second.set_enabled(20, true);
+        assert_eq!(first.tick(20, &table, false), SimAction::GoDown(20_000));
+        assert_eq!(second.tick(20, &table, false), SimAction::None, "only the lowest id starts");
+        assert!(first.holds_token() && !second.holds_token());
+        first.set_enabled(30, false);
+        assert!(!first.holds_token());
+        assert_eq!(first.tick(40, &table, false), SimAction::None);
     }
 }

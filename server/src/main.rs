@@ -20,7 +20,8 @@ const OPTS: &[Opt] = &[
     Opt { name: "slow-ms", value: Some("MS"), default: "0", help: "extra artificial work per image (benchmark)" },
 ];
 
-const ABOUT: &str = "A server of the image cloud. Operator commands on stdin: down [SECONDS] | up | status.";
+const ABOUT: &str =
+    "A server of the image cloud. Operator commands on stdin: down [SECONDS] | up | simulate on|off | status.";
 
 fn fail(msg: &str) -> ! {
     eprintln!("server: {msg}");

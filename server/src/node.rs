@@ -171,6 +171,8 @@ pub enum Input {
     Down { ms: u64 },
     /// Come back now.
     Up,
+    /// Operator: switch the failure simulation on or off.
+    Simulate { on: bool },
     /// The process is stopping: announce 999.
     Shutdown,
 }
@@ -453,6 +455,10 @@ impl Node {
             }
             Input::Down { ms } => self.go_down(now, ms),
             Input::Up => self.come_up(now),
+            Input::Simulate { on } => {
+                self.failure.set_enabled(now, on);
+                self.log(format!("failure simulation {}", if on { "on" } else { "off" }));
+            }
             Input::Shutdown => {
                 self.table.me_down = true;
                 self.announce(now);

@@ -179,9 +179,11 @@ fn spawn_operator(tx: Sender<Event>, who: String) -> std::io::Result<()> {
                     }
                 },
                 ["up"] => Event::Node(Input::Up),
+                ["simulate", "on"] => Event::Node(Input::Simulate { on: true }),
+                ["simulate", "off"] => Event::Node(Input::Simulate { on: false }),
                 ["status"] => Event::PrintStatus,
                 _ => {
-                    common::log::log(&who, "commands: down [SECONDS] | up | status");
+                    common::log::log(&who, "commands: down [SECONDS] | up | simulate on|off | status");
                     continue;
                 }
             };

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Steps of the scenario.
-pub const STEPS: usize = 14;
+pub const STEPS: usize = 15;
+/// How long a server stays down in the failure simulation step, ms.
+const SIM_DOWN_MS: u64 = 3000;
 
 /// How long the demo waits for a notice, a server state or a sign-in.
 const WAIT: Duration = Duration::from_secs(20);
@@ -89,6 +91,10 @@ impl Demo {
             std::fs::read(&s.image).map_err(|e| format!("cannot read the photo {}: {e}", s.image.display()))?;
         let covers = s.covers.clone();
         let cluster = Cluster::new(&s.dir, 3, |cfg| {
+            // The failure simulation of step 14: each server down 3 s, then up 1 s before it
+            // passes the turn on.
+            cfg.simulate_down_ms = SIM_DOWN_MS;
+            cfg.simulate_up_ms = 1000;
             if let Some(c) = covers {
                 cfg.images_dir = c.to_string_lossy().into_owned();
             }
@@ -120,6 +126,7 @@ impl Demo {
         self.restart(killed)?;
         self.least_loaded()?;
         self.operator_down()?;
+        self.failure_simulation()?;
         self.sign_out_all()?;
         Ok(self.step)
     }
@@ -558,12 +565,55 @@ impl Demo {
         self.pass(&format!("server {x} is back and knows carol signed out while it was down"))
     }
 
+    fn failure_simulation(&mut self) -> Result<(), String> {
+        self.title(
+            "the classroom failure simulation",
+            "The operator types `simulate on` at every server's console (what `--simulate-failures` \
+             does from the start): the servers take turns going down. Each one announces 999, stays \
+             down 3 seconds, comes back, is sent the directory, then passes the turn on. alice \
+             keeps using the cloud all along.",
+        )?;
+        let ids = self.cluster.cfg.ids();
+        for &id in &ids {
+            self.cluster.operator(id, "simulate on")?;
+        }
+        println!("      every server> simulate on");
+        let mut order: Vec<ServerId> = Vec::new();
+        let mut answered = 0;
+        let deadline = Instant::now() + Duration::from_millis(6 * SIM_DOWN_MS);
+        while order.len() < 2 && Instant::now() < deadline {
+            let st = self.statuses();
+            for &id in &ids {
+                if !st.contains_key(&id) && order.last() != Some(&id) {
+                    order.push(id);
+                    println!("      server {id} is down (its turn); the others answer");
+                }
+            }
+            let alice = self.client("alice")?;
+            alice.send("peers")?;
+            let (line, _) = alice.result(COMMAND_WAIT)?;
+            expect(line.starts_with("ok:"), "alice> peers answered", &line)?;
+            answered += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for &id in &ids {
+            self.cluster.operator(id, "simulate off")?;
+        }
+        println!("      alice> peers, {answered} times meanwhile: every one answered");
+        println!("      every server> simulate off");
+        expect(order.len() >= 2, "two servers going down in turn", &format!("servers {order:?}"))?;
+        self.pass(&format!(
+            "servers {} went down in turn; all {answered} of alice's requests meanwhile were answered",
+            order.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" then ")
+        ))
+    }
+
     fn sign_out_all(&mut self) -> Result<(), String> {
         self.title("everyone signs out", "alice and bob quit; the directory shows nobody online.")?;
         self.quit("alice")?;
         self.quit("bob")?;
         let (ok, st) =
-            self.poll(Duration::from_secs(5), |st| st.len() == 3 && st.values().all(|s| s.online.is_empty()))?;
+            self.poll(Duration::from_secs(10), |st| st.len() == 3 && st.values().all(|s| s.online.is_empty()))?;
         self.print_table(&st);
         expect(ok, "3 servers, nobody online", &format!("{} servers answered", st.len()))?;
         self.pass("all 3 servers list nobody online")
