@@ -73,6 +73,11 @@ const BOB_FIRST: u32 = 200;
 const IMAGE: &str = "sunset.png";
 /// The share key of alice's image for bob (as if the cloud issued it at delivery).
 const SHARE_KEY: [u8; 32] = [7; 32];
+
+/// What the tag of alice's grant of `views` (version `version`) to bob covers.
+fn grant_fields(views: u32, version: u64) -> common::auth::RightsFields<'static> {
+    common::auth::RightsFields { kind: "grant", owner: "alice", viewer: "bob", image_id: IMAGE, views, version }
+}
 const TICK: u64 = 5;
 const LOAD_INTERVAL: u64 = 1000;
 /// The client defaults (`request_retry_ms`, `request_timeout_ms`).
@@ -515,7 +520,7 @@ impl World {
         let version = self.alice.sharing.grant("bob", IMAGE, views);
         let id = self.alice.link.next_id();
         // The tag under the share key the cloud issued when alice delivered the image.
-        let mac = common::auth::rights_tag(&SHARE_KEY, "grant", "alice", "bob", IMAGE, views, version);
+        let mac = grant_fields(views, version).tag(&SHARE_KEY);
         let body = PeerBody::Rights { image_id: IMAGE.into(), views, version, mac };
         self.alice.env = Some(Envelope { id, from: "alice".into(), to: "bob".into(), body });
         self.alice.grants.push(Grant { version, views, ack: None, failed: None });
@@ -636,7 +641,7 @@ impl World {
         if image_id != IMAGE {
             return;
         }
-        if let Err(e) = common::auth::check_rights(&SHARE_KEY, "grant", "alice", "bob", IMAGE, *views, *version, mac) {
+        if let Err(e) = grant_fields(*views, *version).check(&SHARE_KEY, mac) {
             self.invalid.push(format!("bob refused a grant: {e}"));
             return;
         }

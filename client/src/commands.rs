@@ -5,7 +5,7 @@ use crate::cloud::Cloud;
 use crate::engine::{Command, Engine, EngineCtx};
 use crate::sharing::{self, Sharing};
 use crate::store::{write_atomic, Identity, Store};
-use common::auth::{own_image_aad, rights_tag, share_aad, shared_image_aad};
+use common::auth::{own_image_aad, share_aad, shared_image_aad, RightsFields};
 use common::config::ClusterConfig;
 use common::crypto::{self, Key, Purpose};
 use common::protocol::{Answer, Auth, Op, PeerBody, UserInfo};
@@ -295,7 +295,9 @@ impl Session {
             let rights =
                 Rights { owner: me.clone(), viewer: viewer.clone(), image_id: image_id.clone(), views, version };
             let png = common::rights::embed(&png, &rights).map_err(|e| e.to_string())?;
-            let mac = rights_tag(&key, "deliver", &me, &viewer, &image_id, views, version);
+            let fields =
+                RightsFields { kind: "deliver", owner: &me, viewer: &viewer, image_id: &image_id, views, version };
+            let mac = fields.tag(&key);
             let body = PeerBody::Deliver { image_id, views, version, transfer: 0, len: 0, ticket, mac };
             self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user: viewer, addr, body, png, reply })
         })();
@@ -362,7 +364,8 @@ impl Session {
             sh.save(&self.store)?;
             (v, key)
         };
-        let mac = rights_tag(&key, "grant", &self.me.name, user, image, views, version);
+        let mac = RightsFields { kind: "grant", owner: &self.me.name, viewer: user, image_id: image, views, version }
+            .tag(&key);
         self.send_peer(user, PeerBody::Rights { image_id: image.into(), views, version, mac })
     }
 

@@ -7,7 +7,7 @@ use crate::cloud::{Cloud, Incoming};
 use crate::peer::{LinkEvent, PeerLink};
 use crate::sharing::{self, Delivery, Sharing};
 use crate::store::{Identity, Store};
-use common::auth::{check_rights, share_aad};
+use common::auth::{share_aad, RightsFields};
 use common::crypto::{self, Purpose};
 use common::protocol::{encode_msg, encode_xfer, Answer, Auth, Envelope, Op, PeerBody};
 use common::rights::{decode_gallery, encode_gallery, GalleryItem};
@@ -384,7 +384,7 @@ impl State {
             .map_err(|_| "the ticket was not issued by the cloud for this share".to_string())?
             .try_into()
             .map_err(|_| "the ticket holds no key".to_string())?;
-        check_rights(&key, "deliver", owner, me, image_id, views, version, mac)?;
+        RightsFields { kind: "deliver", owner, viewer: me, image_id, views, version }.check(&key, mac)?;
         Ok(Delivery { owner: owner.into(), image_id: image_id.into(), views, version, key })
     }
 

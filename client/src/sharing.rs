@@ -6,7 +6,7 @@
 //! folder, atomically.
 
 use crate::store::{write_atomic, Store};
-use common::auth::{check_rights, shared_image_aad};
+use common::auth::{shared_image_aad, RightsFields};
 use common::crypto::{self, Key};
 use common::names::{check_image_id, check_user};
 use common::rights::{self, Rights};
@@ -287,7 +287,7 @@ pub fn apply_rights(
     let path = received_path(store, owner, image_id);
     let Ok(png) = fs::read(&path) else { return Ok(None) };
     let key = viewer_key(store, owner, image_id)?;
-    check_rights(&key, "grant", owner, me, image_id, views, version, mac)?;
+    RightsFields { kind: "grant", owner, viewer: me, image_id, views, version }.check(&key, mac)?;
     let mut r = rights::read(&png).map_err(|e| e.to_string())?;
     if version <= r.version {
         return Ok(None);

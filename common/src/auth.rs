@@ -164,34 +164,6 @@ impl RightsFields<'_> {
     }
 }
 
-/// The tag of a rights message (see [`RightsFields`]).
-pub fn rights_tag(
-    share_key: &Key,
-    kind: &str,
-    owner: &str,
-    viewer: &str,
-    image_id: &str,
-    views: u32,
-    version: u64,
-) -> String {
-    RightsFields { kind, owner, viewer, image_id, views, version }.tag(share_key)
-}
-
-/// Checks the tag of a rights message (see [`RightsFields`]).
-#[allow(clippy::too_many_arguments)]
-pub fn check_rights(
-    share_key: &Key,
-    kind: &str,
-    owner: &str,
-    viewer: &str,
-    image_id: &str,
-    views: u32,
-    version: u64,
-    tag: &str,
-) -> Result<(), String> {
-    RightsFields { kind, owner, viewer, image_id, views, version }.check(share_key, tag)
-}
-
 /// Associated data binding a per-share key (as the cloud wraps it) to its share.
 pub fn share_aad(owner: &str, viewer: &str, image_id: &str) -> Vec<u8> {
     format!("imgcloud share key\0{owner}\0{viewer}\0{image_id}").into_bytes()
@@ -258,12 +230,15 @@ mod tests {
     #[test]
     fn rights_tags_bind_every_field() {
         let k = crypto::random_key();
-        let t = rights_tag(&k, "grant", "alice", "bob", "cat", 3, 7);
-        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 7, &t).is_ok());
-        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 4, 7, &t).is_err());
-        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 8, &t).is_err());
-        assert!(check_rights(&k, "deliver", "alice", "bob", "cat", 3, 7, &t).is_err());
-        assert!(check_rights(&crypto::random_key(), "grant", "alice", "bob", "cat", 3, 7, &t).is_err());
-        assert!(check_rights(&k, "grant", "alice", "bob", "cat", 3, 7, "zz").is_err());
+        let grant =
+            RightsFields { kind: "grant", owner: "alice", viewer: "bob", image_id: "cat", views: 3, version: 7 };
+        let t = grant.tag(&k);
+        assert!(grant.check(&k, &t).is_ok());
+        assert!(RightsFields { views: 4, ..grant }.check(&k, &t).is_err());
+        assert!(RightsFields { version: 8, ..grant }.check(&k, &t).is_err());
+        assert!(RightsFields { kind: "deliver", ..grant }.check(&k, &t).is_err());
+        assert!(RightsFields { viewer: "carol", ..grant }.check(&k, &t).is_err());
+        assert!(grant.check(&crypto::random_key(), &t).is_err());
+        assert!(grant.check(&k, "zz").is_err());
     }
 }
