@@ -13,7 +13,7 @@ use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
 use common::protocol::{encode_msg, Frame, Msg};
 use common::rng::Rng;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -154,8 +154,11 @@ fn spawn_receiver(
                     continue;
                 }
             };
-            if tx.try_send(ev).is_err() {
-                drops.drop(from, "node queue full");
+            match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => drops.drop(from, "node queue full"),
+                // The node loop has stopped (shutdown): nothing left to receive for.
+                Err(TrySendError::Disconnected(_)) => return,
             }
         }
     })?;
