@@ -1,7 +1,9 @@
 //! The thread shell around the node state machine: two blocking UDP sockets (clients, servers)
-//! each with a receive thread, the load thread, the worker pool, an operator thread reading
-//! stdin, and the node loop that owns the node, feeds it events and time, saves the directory
-//! before anything that depends on it is sent, and sends what the node returns.
+//! each with a receive thread, the worker pool, the load thread, a timer thread and an
+//! operator thread reading stdin. The node, the heavy-request services and the store sit behind
+//! one lock ([`Server`]); whichever thread has something to handle takes the lock and handles
+//! it to the end: it feeds the node the event and the time, saves the directory before anything
+//! that depends on it is sent, and sends what the node returns.
 
 use crate::election::Policy;
 use crate::node::{Input, Node, NodeConfig, Output, Peer};
@@ -13,19 +15,17 @@ use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
 use common::protocol::{encode_msg, Frame, Msg};
 use common::rng::Rng;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::cell::RefCell;
+use crossbeam_channel::{bounded, Sender};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the node's timers run, in ms.
 pub const TICK_MS: u64 = 5;
-/// Events waiting for the node loop before receive threads start dropping datagrams.
-pub const QUEUE: usize = 65_536;
 
 /// Everything the server binary was asked for.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct Options {
     pub stdin: bool,
 }
 
-/// What the node loop reacts to.
+/// What the server reacts to.
 #[allow(clippy::large_enum_variant)] // moved once through the queue
 pub enum Event {
     /// A node input (datagram, load sample, worker result, operator command).
@@ -106,7 +106,7 @@ fn spawn_receiver(
     sock: UdpSocket,
     peers: Option<HashMap<SocketAddr, ServerId>>,
     guard: Guard,
-    tx: Sender<Event>,
+    server: Arc<Server>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name.clone()).spawn(move || {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -154,18 +154,17 @@ fn spawn_receiver(
                     continue;
                 }
             };
-            match tx.try_send(ev) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => drops.drop(from, "node queue full"),
-                // The node loop has stopped (shutdown): nothing left to receive for.
-                Err(TrySendError::Disconnected(_)) => return,
+            // Handled here, in this thread: one wake-up per datagram, no hand-over. A flood
+            // waits on the lock and overflows the socket's buffer, not our memory.
+            if !server.deliver(ev) {
+                return; // shut down
             }
         }
     })?;
     Ok(())
 }
 
-fn spawn_operator(tx: Sender<Event>, who: String) -> std::io::Result<()> {
+fn spawn_operator(server: Arc<Server>, who: String) -> std::io::Result<()> {
     std::thread::Builder::new().name("operator".into()).spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -190,7 +189,7 @@ fn spawn_operator(tx: Sender<Event>, who: String) -> std::io::Result<()> {
                     continue;
                 }
             };
-            if tx.send(ev).is_err() {
+            if !server.deliver(ev) {
                 return;
             }
         }
@@ -225,41 +224,131 @@ pub fn run(opts: Options) -> Result<(), String> {
     let mut node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
     let start = Instant::now();
     node_cfg.wall_base = auth::wall_ms();
-    let mut node = Node::new(node_cfg, 0, dir, Rng::from_entropy());
+    let node = Node::new(node_cfg, 0, dir, Rng::from_entropy());
 
-    let (tx, rx) = bounded::<Event>(QUEUE);
     let err = |e: std::io::Error| e.to_string();
-    spawn_receiver(format!("{who} clients"), client_sock.try_clone().map_err(err)?, None, guard.clone(), tx.clone())
-        .map_err(err)?;
-    spawn_receiver(format!("{who} servers"), peer_sock.try_clone().map_err(err)?, Some(peer_ids), guard, tx.clone())
-        .map_err(err)?;
-    let load_tx = tx.clone();
+    let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
+    let services_sock = client_sock.try_clone().map_err(err)?;
+    let (done_tx, done_rx) = bounded::<()>(1);
+    let shell = Shell {
+        who: who.clone(),
+        client_sock: client_sock.try_clone().map_err(err)?,
+        peer_sock: peer_sock.try_clone().map_err(err)?,
+        peer_addrs,
+        key,
+    };
+    let server = Arc::new_cyclic(|me: &Weak<Server>| {
+        let services = work::Services::new(&opts, services_sock, pool, me.clone());
+        Server { shell, start, done: done_tx, core: Mutex::new(Core { node, services, store, stopped: false }) }
+    });
+
+    spawn_receiver(format!("{who} clients"), client_sock, None, guard.clone(), server.clone()).map_err(err)?;
+    spawn_receiver(format!("{who} servers"), peer_sock, Some(peer_ids), guard, server.clone()).map_err(err)?;
+    let load_server = server.clone();
     load::spawn(Duration::from_millis(opts.cfg.load_interval_ms), move |s| {
-        load_tx.send(Event::Node(Input::LoadSample { cpu_percent: s.cpu_percent, rss_kb: s.rss_kb })).is_ok()
+        load_server.deliver(Event::Node(Input::LoadSample { cpu_percent: s.cpu_percent, rss_kb: s.rss_kb }))
     })
     .map_err(err)?;
     if opts.stdin {
-        spawn_operator(tx.clone(), who.clone()).map_err(err)?;
+        spawn_operator(server.clone(), who.clone()).map_err(err)?;
     }
-    let ctrl_tx = tx.clone();
+    let ctrl_server = server.clone();
     ctrlc::set_handler(move || {
-        let _ = ctrl_tx.send(Event::Shutdown);
+        ctrl_server.deliver(Event::Shutdown);
     })
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
-
-    let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
-    let mut services = work::Services::new(&opts, client_sock.try_clone().map_err(err)?, pool, tx.clone());
-    let shell = Shell { who: who.clone(), client_sock, peer_sock, peer_addrs, store: RefCell::new(store), key };
-    shell.run_loop(start, &mut node, &mut services, rx)
+    let tick_server = server.clone();
+    std::thread::Builder::new()
+        .name("tick".into())
+        .spawn(move || {
+            while tick_server.tick() {
+                std::thread::sleep(Duration::from_millis(TICK_MS));
+            }
+        })
+        .map_err(err)?;
+    // Every thread handles what it receives itself; this one waits for the end.
+    let _ = done_rx.recv();
+    Ok(())
 }
 
+/// What does not change while the server runs: its name, sockets, peers and cluster key.
 struct Shell {
     who: String,
     client_sock: UdpSocket,
     peer_sock: UdpSocket,
     peer_addrs: HashMap<ServerId, SocketAddr>,
-    store: RefCell<Store>,
     key: Key,
+}
+
+/// What changes, behind the server's one lock: the node, the services and the store.
+struct Core {
+    node: Node,
+    services: work::Services,
+    store: Store,
+    stopped: bool,
+}
+
+/// A running server. Every thread that receives something (a datagram, a worker's result, a
+/// timer, a load sample, an operator command) takes the lock and handles it to the end: the
+/// node steps, the directory is saved, the messages are sent. No queue and no hand-over between
+/// threads, so a datagram costs one wake-up.
+pub struct Server {
+    shell: Shell,
+    start: Instant,
+    done: Sender<()>,
+    core: Mutex<Core>,
+}
+
+impl Server {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Handles one event to the end. False once the server has shut down.
+    pub fn deliver(&self, ev: Event) -> bool {
+        let mut guard = self.core.lock();
+        let core = &mut *guard;
+        if core.stopped {
+            return false;
+        }
+        // Read under the lock, so the node never sees time go backwards.
+        let now = self.now_ms();
+        match ev {
+            Event::Node(input) => {
+                let outs = core.node.step(now, input);
+                self.shell.apply(core, now, outs);
+            }
+            Event::Xfer(from, msg) => core.services.on_transfer(now, from, msg),
+            Event::PeerAck(from, id) => core.services.on_peer_ack(from, id),
+            Event::Worked { rid, client, result } => core.services.on_worked(now, rid, client, result),
+            Event::PrintStatus => println!("{}", status_table(&core.node, now)),
+            Event::Shutdown => {
+                self.shell.log("Ctrl-C: announcing 999 and stopping");
+                let outs = core.node.step(now, Input::Shutdown);
+                self.shell.apply(core, now, outs);
+                core.stopped = true;
+                let _ = self.done.try_send(());
+                return false;
+            }
+        }
+        self.shell.feed_back(core, now);
+        true
+    }
+
+    /// Runs the timers. False once the server has shut down.
+    fn tick(&self) -> bool {
+        let mut guard = self.core.lock();
+        let core = &mut *guard;
+        if core.stopped {
+            return false;
+        }
+        let now = self.now_ms();
+        let outs = core.node.tick(now);
+        self.shell.apply(core, now, outs);
+        core.services.tick(now);
+        self.shell.feed_back(core, now);
+        true
+    }
 }
 
 impl Shell {
@@ -267,80 +356,31 @@ impl Shell {
         common::log::log(&self.who, line);
     }
 
-    fn run_loop(
-        &self,
-        start: Instant,
-        node: &mut Node,
-        services: &mut work::Services,
-        rx: Receiver<Event>,
-    ) -> Result<(), String> {
-        let now_ms = || start.elapsed().as_millis() as u64;
-        let mut next_tick: u64 = 0;
+    /// Results of heavy work go back into the node (which commits them).
+    fn feed_back(&self, core: &mut Core, now: u64) {
         loop {
-            let wait = next_tick.saturating_sub(now_ms()).min(TICK_MS);
-            let first = match rx.recv_timeout(Duration::from_millis(wait)) {
-                Ok(ev) => Some(ev),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            // Take what is queued in one go: one clock reading, one tick check.
-            let mut batch: Vec<Event> = first.into_iter().collect();
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
+            let inputs = core.services.take_inputs();
+            if inputs.is_empty() {
+                return;
             }
-            let now = now_ms();
-            for ev in batch {
-                match ev {
-                    Event::Node(input) => {
-                        let outs = node.step(now, input);
-                        self.apply(node, services, now, outs);
-                    }
-                    Event::Xfer(from, msg) => services.on_transfer(now, from, msg),
-                    Event::PeerAck(from, id) => services.on_peer_ack(from, id),
-                    Event::Worked { rid, client, result } => services.on_worked(now, rid, client, result),
-                    Event::PrintStatus => println!("{}", status_table(node, now)),
-                    Event::Shutdown => {
-                        self.log("Ctrl-C: announcing 999 and stopping");
-                        let outs = node.step(now, Input::Shutdown);
-                        self.apply(node, services, now, outs);
-                        return Ok(());
-                    }
-                }
-            }
-            if now >= next_tick {
-                let outs = node.tick(now);
-                self.apply(node, services, now, outs);
-                services.tick(now);
-                next_tick = now + TICK_MS;
-            }
-            // Results of heavy work go back into the node (which commits them).
-            loop {
-                let inputs = services.take_inputs();
-                if inputs.is_empty() {
-                    break;
-                }
-                for input in inputs {
-                    let outs = node.step(now, input);
-                    self.apply(node, services, now, outs);
-                }
+            for input in inputs {
+                let outs = core.node.step(now, input);
+                self.apply(core, now, outs);
             }
         }
     }
 
-    fn apply(&self, node: &mut Node, services: &mut work::Services, now: u64, outs: Vec<Output>) {
+    fn apply(&self, core: &mut Core, now: u64, outs: Vec<Output>) {
         // Persist first: nothing that depends on a change leaves before the change is on disk.
-        if node.take_dirty() {
-            if let Err(e) = self.store.borrow_mut().save(node.directory_mut()) {
+        if core.node.take_dirty() {
+            if let Err(e) = core.store.save(core.node.directory_mut()) {
                 self.log(&format!("cannot save the directory: {e}"));
             }
         }
         for o in outs {
             match o {
                 Output::Send { to, msg } => self.send(to, &msg),
-                Output::Execute { rid, op, reply_to, key } => services.execute(now, rid, op, reply_to, key),
+                Output::Execute { rid, op, reply_to, key } => core.services.execute(now, rid, op, reply_to, key),
                 Output::Log(line) => self.log(&line),
             }
         }

@@ -7,17 +7,17 @@
 
 use crate::node::Input;
 use crate::pool::Pool;
-use crate::runtime::{Event, Options};
+use crate::runtime::{Event, Options, Server};
 use common::auth::own_image_aad;
 use common::config::ServerId;
 use common::crypto::{self, Key};
 use common::protocol::{encode_msg, encode_xfer, transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
-use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 /// How often `Accepted` is resent until the upload starts, ms.
@@ -49,7 +49,7 @@ pub struct Services {
     id: ServerId,
     sock: UdpSocket,
     pool: Arc<Pool>,
-    tx: Sender<Event>,
+    sink: Sink,
     covers: Arc<Covers>,
     slow_ms: u64,
     max_payload: usize,
@@ -58,6 +58,10 @@ pub struct Services {
     relays: HashMap<u64, Relay>,
     inputs: Vec<Input>,
 }
+
+/// Where a worker hands its result: the server, reached through a weak handle (the server owns
+/// the services, so a strong one would be a cycle). `None` once the server is gone.
+pub type Sink = Weak<Server>;
 
 /// The transfer settings from the cluster config.
 pub fn transfer_config(cfg: &common::config::ClusterConfig) -> TransferConfig {
@@ -68,14 +72,15 @@ pub fn transfer_config(cfg: &common::config::ClusterConfig) -> TransferConfig {
 }
 
 impl Services {
-    /// Services sending on `sock` (the client socket) and running jobs on `pool`.
-    pub fn new(opts: &Options, sock: UdpSocket, pool: Arc<Pool>, tx: Sender<Event>) -> Self {
+    /// Services sending on `sock` (the client socket), running jobs on `pool` and handing
+    /// their results to `sink`.
+    pub fn new(opts: &Options, sock: UdpSocket, pool: Arc<Pool>, sink: Sink) -> Self {
         let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
         Services {
             id: opts.id,
             sock,
             pool,
-            tx,
+            sink,
             covers,
             slow_ms: opts.slow_ms,
             max_payload: opts.cfg.max_payload,
@@ -210,13 +215,15 @@ impl Services {
         match ev {
             TransferEvent::Received { id, from, payload } => {
                 let Some(job) = self.jobs.remove(&id) else { return };
-                let (rid, covers, tx, slow) = (job.rid, self.covers.clone(), self.tx.clone(), self.slow_ms);
+                let (rid, covers, sink, slow) = (job.rid, self.covers.clone(), self.sink.clone(), self.slow_ms);
                 self.pool.submit(Box::new(move || {
                     if slow > 0 {
                         std::thread::sleep(Duration::from_millis(slow));
                     }
                     let result = hide(&covers, &job.key, &job.owner, &payload);
-                    let _ = tx.send(Event::Worked { rid, client: from, result });
+                    if let Some(server) = sink.upgrade() {
+                        server.deliver(Event::Worked { rid, client: from, result });
+                    }
                 }));
             }
             TransferEvent::Failed { id, outgoing: false, reason, .. } => {
