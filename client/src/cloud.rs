@@ -114,11 +114,47 @@ pub struct CallResult {
     pub blob: Option<Vec<u8>>,
 }
 
+/// How long `call` waits for a datagram before running its timers.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// Sorts what arrives on a client's socket: peer traffic (messages from other users, even
+/// relayed by a server, and peers' transfers) apart from the cloud's replies and transfers;
+/// answers to reachability probes only refresh [`Health`].
+struct Classifier {
+    servers: Vec<SocketAddr>,
+    health: Arc<Health>,
+}
+
+impl Classifier {
+    /// The item and whether it is peer traffic; `None` for what nobody needs.
+    fn sort(&self, bytes: &[u8], from: SocketAddr) -> Option<(Incoming, bool)> {
+        let from_server = self.servers.contains(&from);
+        if from_server {
+            self.health.heard();
+        }
+        match decode(bytes) {
+            Ok(Frame::Ctl(m @ (Msg::Peer(_) | Msg::PeerAck { .. }))) => Some((Incoming::Ctl(from, m), true)),
+            Ok(Frame::Ctl(Msg::Reply(r))) if r.rid.client == self.health.probe_client => None,
+            Ok(Frame::Ctl(m)) => Some((Incoming::Ctl(from, m), false)),
+            Ok(Frame::Xfer(x)) => Some((Incoming::Xfer(from, x), !from_server)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Where `call` gets its datagrams.
+enum Source {
+    /// From the receive thread, which keeps peer traffic for the engine.
+    Thread(Receiver<Incoming>),
+    /// From the socket itself (no receive thread; peer traffic dropped).
+    Direct { classify: Classifier, buf: Vec<u8> },
+}
+
 /// A client's connection to the cloud.
 pub struct Cloud {
     sock: UdpSocket,
     servers: Vec<(ServerId, SocketAddr)>,
-    rx: Receiver<Incoming>,
+    source: Source,
     req: Requester,
     transfers: Transfers<SocketAddr>,
     max_payload: usize,
@@ -152,50 +188,103 @@ impl Cloud {
         let server_addrs: Vec<SocketAddr> = cfg.servers.iter().map(|s| s.client_addr).collect();
         let mut rng = Rng::from_entropy();
         let health = Arc::new(Health::new(rng.next_u64()));
-        let heard = health.clone();
+        let classify = Classifier { servers: server_addrs, health: health.clone() };
         std::thread::Builder::new()
             .name("cloud-recv".into())
             .spawn(move || {
                 let mut buf = vec![0u8; MAX_DATAGRAM + 1];
                 loop {
                     let Ok((n, from)) = recv.recv_from(&mut buf) else { continue };
-                    let from_server = server_addrs.contains(&from);
-                    if from_server {
-                        heard.heard();
-                    }
-                    // Peer messages (even relayed by a server) and peers' transfers go to the
-                    // peer engine; replies and the cloud's transfers to `call`.
-                    let (item, to_peer) = match decode(&buf[..n]) {
-                        Ok(Frame::Ctl(m @ (Msg::Peer(_) | Msg::PeerAck { .. }))) => (Incoming::Ctl(from, m), true),
-                        Ok(Frame::Ctl(Msg::Reply(r))) if r.rid.client == heard.probe_client => continue,
-                        Ok(Frame::Ctl(m)) => (Incoming::Ctl(from, m), false),
-                        Ok(Frame::Xfer(x)) => (Incoming::Xfer(from, x), !from_server),
-                        Err(_) => continue,
+                    let delivered = match classify.sort(&buf[..n], from) {
+                        None => true,
+                        Some((item, true)) => {
+                            let _ = peer_tx.try_send(item);
+                            true
+                        }
+                        Some((item, false)) => tx.send(item).is_ok(),
                     };
-                    if to_peer {
-                        let _ = peer_tx.try_send(item);
-                    } else if tx.send(item).is_err() {
-                        return;
+                    if !delivered {
+                        return; // the connection is gone
                     }
                 }
             })
             .map_err(|e| e.to_string())?;
+        Ok(Cloud::assemble(cfg, sock, Source::Thread(rx), Some(peer_rx), health, rng))
+    }
+
+    /// Opens a socket with no receive thread: [`Cloud::call`] reads the socket itself, one
+    /// wake-up per datagram fewer. For programs that make requests and share nothing with peers
+    /// (the benchmark): peer traffic arriving on this socket is dropped.
+    pub fn connect_direct(cfg: &ClusterConfig, bind: Option<SocketAddr>) -> Result<Cloud, String> {
+        let addr = bind.unwrap_or_else(|| bind_addr(cfg));
+        let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        sock.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
+        let mut rng = Rng::from_entropy();
+        let health = Arc::new(Health::new(rng.next_u64()));
+        let classify =
+            Classifier { servers: cfg.servers.iter().map(|s| s.client_addr).collect(), health: health.clone() };
+        let source = Source::Direct { classify, buf: vec![0u8; MAX_DATAGRAM + 1] };
+        Ok(Cloud::assemble(cfg, sock, source, None, health, rng))
+    }
+
+    fn assemble(
+        cfg: &ClusterConfig,
+        sock: UdpSocket,
+        source: Source,
+        peer_rx: Option<Receiver<Incoming>>,
+        health: Arc<Health>,
+        mut rng: Rng,
+    ) -> Cloud {
         let mut tcfg = common::transfer::TransferConfig::with_chunk_size(cfg.chunk_size);
         tcfg.window = cfg.window;
         tcfg.max_payload = cfg.max_payload;
-        Ok(Cloud {
+        Cloud {
             sock,
             servers: cfg.servers.iter().map(|s| (s.id, s.client_addr)).collect(),
-            rx,
+            source,
             req: Requester::new(rng.next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
             transfers: Transfers::new(tcfg.normalized()),
             max_payload: cfg.max_payload,
             start: Instant::now(),
-            peer_rx: Some(peer_rx),
+            peer_rx,
             secret: None,
             health,
             progress: None,
-        })
+        }
+    }
+
+    /// The next datagram for `call`, or `None` after [`POLL`] without one.
+    fn next_incoming(&mut self) -> Result<Option<Incoming>, String> {
+        match &mut self.source {
+            Source::Thread(rx) => match rx.recv_timeout(POLL) {
+                Ok(item) => Ok(Some(item)),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Err("the receive thread stopped".into()),
+            },
+            Source::Direct { classify, buf } => {
+                let deadline = Instant::now() + POLL;
+                loop {
+                    let (n, from) = match self.sock.recv_from(buf) {
+                        Ok(x) => x,
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                            return Ok(None)
+                        }
+                        Err(_) => {
+                            // An ICMP error from an earlier send (a server that is down).
+                            if Instant::now() >= deadline {
+                                return Ok(None);
+                            }
+                            continue;
+                        }
+                    };
+                    match classify.sort(&buf[..n], from) {
+                        Some((item, false)) => return Ok(Some(item)),
+                        _ if Instant::now() >= deadline => return Ok(None),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 
     /// The user's secret: from now on, requests that act for the user are signed with it.
@@ -299,17 +388,16 @@ impl Cloud {
                     return Err(e);
                 }
             }
-            match self.rx.recv_timeout(Duration::from_millis(5)) {
-                Ok(Incoming::Ctl(from, msg)) => {
+            match self.next_incoming()? {
+                Some(Incoming::Ctl(from, msg)) => {
                     let now = self.now();
                     self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;
                 }
-                Ok(Incoming::Xfer(from, x)) => {
+                Some(Incoming::Xfer(from, x)) => {
                     let now = self.now();
                     self.transfers.step(now, from, x);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err("the receive thread stopped".into()),
+                None => {}
             }
             let now = self.now();
             self.transfers.tick(now);
@@ -411,7 +499,7 @@ impl Cloud {
         let mut out = HashMap::new();
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline && out.len() < self.servers.len() {
-            if let Ok(Incoming::Ctl(_, Msg::Reply(r))) = self.rx.recv_timeout(Duration::from_millis(10)) {
+            if let Ok(Some(Incoming::Ctl(_, Msg::Reply(r)))) = self.next_incoming() {
                 if r.rid == rid {
                     if let Ok(Answer::Status(s)) = r.result {
                         out.insert(s.id, *s);

@@ -398,6 +398,8 @@ pub enum Msg {
     Token { from: ServerId, to: ServerId, round: u64 },
     /// Failure simulation: token received.
     TokenAck { from: ServerId, round: u64 },
+    /// Server → server: several messages that could wait a tick, in one datagram (never nested).
+    Batch { from: ServerId, msgs: Vec<Msg> },
     /// Peer → peer (or cloud → peer): a peer message.
     Peer(Envelope),
     /// The recipient of envelope `id` got it.

@@ -60,6 +60,9 @@ pub const DECIDED: u32 = u32::MAX;
 /// A waiting request is ranked again with the current load table after this long, ms.
 pub const RERANK_AFTER_MS: u64 = 20;
 
+/// Most messages put in one [`Msg::Batch`].
+pub const BATCH_MAX: usize = 32;
+
 /// Change of queued work that is announced before the next periodic load multicast.
 pub const EARLY_ANNOUNCE_WORK: u32 = 3;
 /// Shortest time between two early announcements, ms.
@@ -277,6 +280,8 @@ pub struct Node {
     finished: VecDeque<(u64, RequestId)>,
     keys: KeyGen,
     out: Vec<Output>,
+    /// Messages that may wait for the next tick, to go in one `Batch` per server.
+    later: BTreeMap<ServerId, Vec<Msg>>,
     epoch: u64,
     started: u64,
     heard_since_start: BTreeSet<ServerId>,
@@ -318,6 +323,7 @@ impl Node {
             finished: VecDeque::new(),
             keys,
             out: Vec::new(),
+            later: BTreeMap::new(),
             epoch,
             started: now,
             heard_since_start: BTreeSet::new(),
@@ -500,6 +506,10 @@ impl Node {
         if work.abs_diff(self.announced_work) >= EARLY_ANNOUNCE_WORK && now >= self.announced_at + EARLY_ANNOUNCE_MS {
             self.announce(now);
         }
+        let waiting: Vec<ServerId> = self.later.keys().copied().collect();
+        for to in waiting {
+            self.flush_later(to);
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -515,6 +525,27 @@ impl Node {
         for id in ids {
             self.send(Peer::Server(id), msg.clone());
         }
+    }
+
+    /// Sends `msg` to server `to` with the next tick, in one `Batch` with the others waiting
+    /// for it: for messages nobody waits on (the announcement of a decision that wrote
+    /// nothing, and its acknowledgement), so that one datagram carries many.
+    fn send_later(&mut self, to: ServerId, msg: Msg) {
+        let waiting = self.later.entry(to).or_default();
+        waiting.push(msg);
+        if waiting.len() >= BATCH_MAX {
+            self.flush_later(to);
+        }
+    }
+
+    fn flush_later(&mut self, to: ServerId) {
+        let Some(mut msgs) = self.later.remove(&to) else { return };
+        let msg = match msgs.len() {
+            0 => return,
+            1 => msgs.remove(0),
+            _ => Msg::Batch { from: self.cfg.id, msgs },
+        };
+        self.send(Peer::Server(to), msg);
     }
 
     fn announce(&mut self, now: u64) {
@@ -546,6 +577,8 @@ impl Node {
             return;
         }
         self.table.me_down = true;
+        // Down means silent; the decisions' announcements are retransmitted until acknowledged.
+        self.later.clear();
         let active: Vec<RequestId> = self.active.iter().copied().collect();
         for rid in active {
             match self.requests.get(&rid).map(|e| &e.state) {
@@ -587,19 +620,38 @@ impl Node {
                     self.log(format!("dropped message from unknown server {s}"));
                     return;
                 }
-                if let Some(claimed) = sender_field(&msg) {
-                    if claimed != s {
-                        self.log(format!("dropped {} claiming to be from {claimed} but sent by {s}", kind_of(&msg)));
-                        return;
-                    }
+                if !self.sent_by(s, &msg) {
+                    return;
                 }
                 self.table.heard(now, s);
                 self.heard_since_start.insert(s);
                 if !self.ready && self.table.others().all(|o| self.heard_since_start.contains(&o)) {
                     self.ready = true;
                 }
-                self.on_server_message(now, s, msg);
+                match msg {
+                    Msg::Batch { msgs, .. } => {
+                        for m in msgs {
+                            if matches!(m, Msg::Batch { .. }) {
+                                self.log(format!("dropped a batch nested in a batch from server {s}"));
+                            } else if self.sent_by(s, &m) {
+                                self.on_server_message(now, s, m);
+                            }
+                        }
+                    }
+                    msg => self.on_server_message(now, s, msg),
+                }
             }
+        }
+    }
+
+    /// True if `msg` names no sender or names `s`, the server it came from (else logged).
+    fn sent_by(&mut self, s: ServerId, msg: &Msg) -> bool {
+        match sender_field(msg) {
+            Some(claimed) if claimed != s => {
+                self.log(format!("dropped {} claiming to be from {claimed} but sent by {s}", kind_of(msg)));
+                false
+            }
+            _ => true,
         }
     }
 
@@ -637,8 +689,14 @@ impl Node {
                 self.on_claim_ack(now, rid, ack)
             }
             Msg::Done { rid, by, round, reply, records } => {
+                let unhurried = round == DECIDED && records.is_empty();
                 let ack = self.on_done(now, rid, by, round, reply, records);
-                self.send(Peer::Server(s), ack);
+                if unhurried {
+                    // Nobody waits on it: the client has its reply (nothing was written).
+                    self.send_later(s, ack);
+                } else {
+                    self.send(Peer::Server(s), ack);
+                }
             }
             Msg::DoneAck { rid, from, accepted, holder, round, reply } => {
                 self.on_done_ack(now, rid, from, accepted, holder, round, reply)
@@ -1008,8 +1066,17 @@ impl Node {
             reply: proposal.reply.clone(),
             records: proposal.records.clone(),
         };
+        let unhurried = replied && small(&proposal.reply);
         self.set_state(now, rid, State::Deciding { proposal, acks: BTreeSet::new(), since: now, last: now, replied });
-        self.multicast(self.table.voters(), &decided);
+        if unhurried {
+            // The client has its reply and nothing was written: the others learn it with the
+            // next tick, many decisions to a datagram.
+            for to in self.table.voters() {
+                self.send_later(to, decided.clone());
+            }
+        } else {
+            self.multicast(self.table.voters(), &decided);
+        }
         if self.decision_spread(now, rid) {
             self.finish_decision(now, rid);
         }
@@ -1343,9 +1410,19 @@ struct Ack {
 }
 
 /// The server id a server message says it is from, to check against the sender's address.
+/// True for replies small enough to share a batch (not the lists a read may return).
+fn small(reply: &Reply) -> bool {
+    match &reply.result {
+        Ok(Answer::User(_) | Answer::Online(_) | Answer::Status(_) | Answer::Inbox(_)) => false,
+        Ok(_) => true,
+        Err(e) => e.len() <= 1024,
+    }
+}
+
 fn sender_field(msg: &Msg) -> Option<ServerId> {
     match msg {
-        Msg::Load { from, .. }
+        Msg::Batch { from, .. }
+        | Msg::Load { from, .. }
         | Msg::ClaimAck { from, .. }
         | Msg::DoneAck { from, .. }
         | Msg::Record { from, .. }
@@ -1370,6 +1447,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Record { .. } => "Record",
         Msg::Token { .. } => "Token",
         Msg::TokenAck { .. } => "TokenAck",
+        Msg::Batch { .. } => "Batch",
         Msg::Peer(_) => "Peer",
         Msg::PeerAck { .. } => "PeerAck",
     }
@@ -1539,6 +1617,41 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The announcement of a decision that wrote nothing, by `by`, for request `seq`.
+    fn unhurried(by: ServerId, seq: u64) -> Msg {
+        let rid = RequestId { client: 7, seq };
+        let reply = Reply { rid, server: by, result: Ok(Answer::Encrypted { len: 10, transfer: seq }) };
+        Msg::Done { rid, by, round: DECIDED, reply, records: vec![] }
+    }
+
+    fn decided_here(n: &Node, seq: u64) -> bool {
+        n.requests.get(&RequestId { client: 7, seq }).is_some_and(|e| e.state.decided().is_some())
+    }
+
+    #[test]
+    fn decisions_that_wrote_nothing_travel_in_batches_with_the_next_tick() {
+        let mut n = node(2);
+        let batch = Msg::Batch { from: 1, msgs: vec![unhurried(1, 1), unhurried(1, 2)] };
+        assert!(from(&mut n, 5, 1, batch).is_empty(), "the acknowledgements wait for the tick");
+        assert!(decided_here(&n, 1) && decided_here(&n, 2), "both decisions learnt");
+        let out = sent(n.tick(6));
+        let acks = |m: &Msg| match m {
+            Msg::Batch { from: 2, msgs } => {
+                msgs.iter().filter(|a| matches!(a, Msg::DoneAck { accepted: true, round: DECIDED, .. })).count()
+            }
+            _ => 0,
+        };
+        assert_eq!(out.iter().map(acks).collect::<Vec<_>>(), vec![2], "one datagram, both acks: {out:?}");
+        assert!(sent(n.tick(7)).iter().all(|m| acks(m) == 0), "sent once");
+        // A batch inside a batch, and a message naming another sender than the batch's, are dropped.
+        let nested =
+            Msg::Batch { from: 1, msgs: vec![Msg::Batch { from: 1, msgs: vec![unhurried(1, 3)] }, unhurried(3, 4)] };
+        let outs = n.step(8, Input::Message { from: Peer::Server(1), msg: nested });
+        let logged = outs.iter().filter(|o| matches!(o, Output::Log(l) if l.starts_with("dropped"))).count();
+        assert_eq!(logged, 2, "{outs:?}");
+        assert!(!decided_here(&n, 3) && !decided_here(&n, 4));
     }
 
     #[test]

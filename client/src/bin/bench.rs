@@ -524,7 +524,7 @@ fn server_args(s: &Settings, id: ServerId) -> Vec<String> {
 
 /// Waits until every server of a cluster we did not start answers a status request.
 fn wait_external(cfg: &ClusterConfig) -> Result<(), String> {
-    let mut cloud = Cloud::connect(cfg, None)?;
+    let mut cloud = Cloud::connect_direct(cfg, None)?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let st = cloud.statuses(STATUS_WAIT);
@@ -683,7 +683,7 @@ impl<'a> Monitor<'a> {
         Ok(Monitor {
             total: s.requests,
             next_progress: 0,
-            status: Cloud::connect(cfg, None)?,
+            status: Cloud::connect_direct(cfg, None)?,
             cluster,
             kill_after: s.kill_after,
             killed: None,
@@ -826,7 +826,7 @@ fn spawn_clients(
 ) -> Result<Vec<JoinHandle<ClientOutcome>>, String> {
     let mut clouds = Vec::new();
     for k in 0..s.clients {
-        let mut cloud = Cloud::connect(cfg, None)?;
+        let mut cloud = Cloud::connect_direct(cfg, None)?;
         let user = register(&mut cloud, k)?;
         clouds.push((cloud, user));
     }
