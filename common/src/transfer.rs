@@ -121,7 +121,7 @@ impl Default for TransferConfig {
             min_rto_ms: 10,
             max_rto_ms: 1000,
             give_up_ms: 5000,
-            ack_every: 2,
+            ack_every: 4,
             ack_delay_ms: 2,
             max_incoming: 64,
             recent_capacity: 1024,
@@ -525,64 +525,16 @@ impl TransferMsg {
     }
 }
 
-const fn crc_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut s = 1;
-    while s < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            i += 1;
-        }
-        s += 1;
-    }
-    t
-}
-
-static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
-
-/// CRC-32 (IEEE 802.3, as in zip/PNG) of `data`, computed eight bytes at a time.
+/// CRC-32 (IEEE 802.3, as in zip/PNG) of `data`.
 pub fn crc32(data: &[u8]) -> u32 {
-    crc32_update(0, data)
+    crc32fast::hash(data)
 }
 
 /// Continues a CRC-32: `crc32_update(crc32(a), b) == crc32(a ++ b)`.
 pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
-    let t = &CRC_TABLES;
-    let b = |x: u32, shift: u32| ((x >> shift) & 0xff) as usize;
-    let mut c = !crc;
-    let mut blocks = data.chunks_exact(8);
-    for block in &mut blocks {
-        let Ok([b0, b1, b2, b3, b4, b5, b6, b7]) = <[u8; 8]>::try_from(block) else {
-            continue;
-        };
-        let lo = u32::from_le_bytes([b0, b1, b2, b3]) ^ c;
-        let hi = u32::from_le_bytes([b4, b5, b6, b7]);
-        c = t[7][b(lo, 0)]
-            ^ t[6][b(lo, 8)]
-            ^ t[5][b(lo, 16)]
-            ^ t[4][b(lo, 24)]
-            ^ t[3][b(hi, 0)]
-            ^ t[2][b(hi, 8)]
-            ^ t[1][b(hi, 16)]
-            ^ t[0][b(hi, 24)];
-    }
-    for &byte in blocks.remainder() {
-        c = t[0][b(c ^ u32::from(byte), 0)] ^ (c >> 8);
-    }
-    !c
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(data);
+    h.finalize()
 }
 
 /// What happened to a transfer, for the application.
