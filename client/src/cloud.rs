@@ -4,7 +4,9 @@
 //! machines of `common` (requester, transfers).
 
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
-use common::protocol::{decode, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Op, Reply, RequestId};
+use common::protocol::{
+    decode, encode_attached, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Op, Reply, RequestId,
+};
 use common::requester::{Completion, Requester, RequesterStats};
 use common::rng::Rng;
 use common::transfer::{TransferEvent, TransferMsg, Transfers};
@@ -137,7 +139,7 @@ impl Classifier {
             Ok(Frame::Ctl(Msg::Reply(r))) if r.rid.client == self.health.probe_client => None,
             Ok(Frame::Ctl(m)) => Some((Incoming::Ctl(from, m), false)),
             Ok(Frame::Xfer(x)) => Some((Incoming::Xfer(from, x), !from_server)),
-            Err(_) => None,
+            Ok(Frame::Attached(..)) | Err(_) => None,
         }
     }
 }
@@ -158,6 +160,8 @@ pub struct Cloud {
     req: Requester,
     transfers: Transfers<SocketAddr>,
     max_payload: usize,
+    /// Payloads up to this size travel attached to their request.
+    inline_max: usize,
     start: Instant,
     peer_rx: Option<Receiver<Incoming>>,
     secret: Option<Vec<u8>>,
@@ -245,6 +249,7 @@ impl Cloud {
             req: Requester::new(rng.next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
             transfers: Transfers::new(tcfg.normalized()),
             max_payload: cfg.max_payload,
+            inline_max: cfg.chunk_size,
             start: Instant::now(),
             peer_rx,
             secret: None,
@@ -332,9 +337,12 @@ impl Cloud {
     }
 
     fn multicast(&self, msg: &Msg) {
-        let bytes = encode_msg(msg);
+        self.multicast_bytes(&encode_msg(msg));
+    }
+
+    fn multicast_bytes(&self, bytes: &[u8]) {
         for (_, addr) in &self.servers {
-            let _ = self.sock.send_to(&bytes, addr);
+            let _ = self.sock.send_to(bytes, addr);
         }
     }
 
@@ -372,7 +380,12 @@ impl Cloud {
                 common::auth::sign_request(op, rid, s, common::auth::wall_ms());
             }
         });
-        self.multicast(&msg);
+        // A small payload travels with the request: the winner starts at once, no upload.
+        let attached = payload.filter(|p| p.len() <= self.inline_max).and_then(|p| encode_attached(&msg, p));
+        match &attached {
+            Some(bytes) => self.multicast_bytes(bytes),
+            None => self.multicast(&msg),
+        }
         let mut uploading: Option<(ServerId, u64)> = None;
         let mut reply: Option<Reply> = None;
         let mut blob: Option<Vec<u8>> = None;
@@ -435,7 +448,12 @@ impl Cloud {
                 }
                 let (resend, timeouts) = self.req.tick(now);
                 for m in resend {
-                    self.multicast(&m);
+                    match &attached {
+                        Some(bytes) if matches!(&m, Msg::Request { rid: r, .. } if *r == rid) => {
+                            self.multicast_bytes(bytes)
+                        }
+                        _ => self.multicast(&m),
+                    }
                 }
                 if timeouts.iter().any(|c| matches!(c, Completion::TimedOut(r) if *r == rid)) {
                     let _ = self.transfers.cancel(transfer_id(rid, 0));
@@ -464,12 +482,18 @@ impl Cloud {
                     if r.rid == rid {
                         if let Ok(Answer::Encrypted { transfer, .. }) = &r.result {
                             *want_blob = Some(*transfer);
+                            // Its `Accepted` was lost: the result is retransmitted until taken.
+                            if uploading.is_none() && self.transfers.progress(*transfer).is_none() {
+                                let executor = self.servers.iter().find(|(id, _)| *id == r.server);
+                                let at = executor.map_or(from, |(_, a)| *a);
+                                let _ = self.transfers.expect(now, *transfer, at, self.max_payload);
+                            }
                         }
                         *reply = Some(r);
                     }
                 }
             }
-            Msg::Accepted { rid: r, server, transfer } if r == rid => {
+            Msg::Accepted { rid: r, server, transfer, inline } if r == rid => {
                 if uploading.map(|(s, _)| s) == Some(server) {
                     return Ok(());
                 }
@@ -480,8 +504,10 @@ impl Cloud {
                 // A takeover: the new holder wants the payload; stop sending to the old one.
                 let _ = self.transfers.cancel(transfer);
                 let _ = self.transfers.cancel(transfer_id(rid, 1));
-                let data: Vec<u8> = payload.map(|p| p.to_vec()).unwrap_or_default();
-                self.transfers.send(now, transfer, addr, data).map_err(|e| e.to_string())?;
+                if !inline {
+                    let data: Vec<u8> = payload.map(|p| p.to_vec()).unwrap_or_default();
+                    self.transfers.send(now, transfer, addr, data).map_err(|e| e.to_string())?;
+                }
                 self.transfers.expect(now, transfer_id(rid, 1), addr, self.max_payload).map_err(|e| e.to_string())?;
                 *uploading = Some((server, transfer));
                 self.flush_transfers();

@@ -357,8 +357,15 @@ pub enum Msg {
     Request { rid: RequestId, op: Op },
     /// Server → client: the answer.
     Reply(Reply),
-    /// Server → client: I handle `rid`; send its payload to me by transfer id `transfer`.
-    Accepted { rid: RequestId, server: ServerId, transfer: u64 },
+    /// Server → client: I handle `rid`; send its payload to me by transfer id `transfer` — or,
+    /// if `inline`, I already have it (it came with the request): only wait for the result.
+    Accepted {
+        rid: RequestId,
+        server: ServerId,
+        transfer: u64,
+        #[serde(default)]
+        inline: bool,
+    },
     /// Server → servers: my load (999 = going down), queued + in-flight work, directory digest,
     /// process epoch (changes on restart), whether I hold the failure-simulation token.
     Load { from: ServerId, load: u32, work: u32, digest: u64, epoch: u64, token: bool },
@@ -414,7 +421,13 @@ pub enum Frame {
     Ctl(Msg),
     /// A reliable-transfer message.
     Xfer(TransferMsg),
+    /// A request (always a `Msg::Request`) with its small payload attached, so the server that
+    /// wins it need not ask for an upload.
+    Attached(Msg, Vec<u8>),
 }
+
+/// Frame kind of a request with its payload attached.
+pub const KIND_ATTACHED: u8 = 3;
 
 /// Why a datagram was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,6 +460,19 @@ pub fn encode_xfer(msg: &TransferMsg) -> Vec<u8> {
     out
 }
 
+/// Encodes a request with its payload attached: the request's JSON length (4 bytes, big
+/// endian), the JSON, the payload. `None` if it does not fit one datagram.
+pub fn encode_attached(request: &Msg, payload: &[u8]) -> Option<Vec<u8>> {
+    let json = serde_json::to_vec(request).ok()?;
+    let len = u32::try_from(json.len()).ok()?;
+    let mut out = Vec::with_capacity(8 + json.len() + payload.len());
+    out.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(payload);
+    (out.len() <= MAX_DATAGRAM && matches!(request, Msg::Request { .. })).then_some(out)
+}
+
 /// Decodes and validates a datagram.
 pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
     if bytes.len() > MAX_DATAGRAM {
@@ -469,6 +495,20 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
             Ok(Frame::Ctl(msg))
         }
         1 => TransferMsg::decode(body).map(Frame::Xfer).map_err(|e| WireError(format!("bad transfer message: {e}"))),
+        KIND_ATTACHED => {
+            let Some((len, rest)) = body.split_first_chunk::<4>() else {
+                return bad("attached request without its length");
+            };
+            let Some((json, payload)) = rest.split_at_checked(u32::from_be_bytes(*len) as usize) else {
+                return bad("attached request longer than the datagram");
+            };
+            let msg: Msg = serde_json::from_slice(json).map_err(|e| WireError(format!("bad message: {e}")))?;
+            if !matches!(msg, Msg::Request { .. }) {
+                return bad("only a request may carry an attachment");
+            }
+            validate(&msg)?;
+            Ok(Frame::Attached(msg, payload.to_vec()))
+        }
         k => bad(format!("unknown kind {k}")),
     }
 }
@@ -611,5 +651,27 @@ mod tests {
         let evil = Msg::Request { rid: rid(), op: Op::Register { name: "../etc".into() } };
         assert!(decode(&encode_msg(&evil)).is_err());
         assert!(decode(&vec![b'I'; MAX_DATAGRAM + 1]).is_err());
+    }
+
+    #[test]
+    fn attached_requests_round_trip_and_nothing_else_may_carry_a_payload() {
+        let req = Msg::Request { rid: rid(), op: Op::Register { name: "alice".into() } };
+        for payload in [vec![], vec![7u8; 10_000]] {
+            let bytes = encode_attached(&req, &payload).expect("fits");
+            assert_eq!(decode(&bytes), Ok(Frame::Attached(req.clone(), payload)));
+        }
+        assert!(encode_attached(&req, &vec![0u8; MAX_DATAGRAM]).is_none(), "too large for a datagram");
+        let reply = Msg::Reply(Reply { rid: rid(), server: 2, result: Err("no".into()) });
+        assert!(encode_attached(&reply, b"x").is_none());
+        let json = serde_json::to_vec(&reply).unwrap();
+        let mut forged = vec![MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED];
+        forged.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        forged.extend_from_slice(&json);
+        assert!(decode(&forged).is_err(), "a reply with an attachment");
+        let good = encode_attached(&req, b"abc").unwrap();
+        assert!(decode(&good[..6]).is_err(), "cut inside the length");
+        let mut long = good.clone();
+        long[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode(&long).is_err(), "length beyond the datagram");
     }
 }

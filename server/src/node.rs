@@ -275,7 +275,8 @@ pub struct Node {
     cfg: NodeConfig,
     table: LoadTable,
     dir: Directory,
-    requests: HashMap<RequestId, Entry>,
+    /// Boxed: the map's table stays small as it grows (an entry is several hundred bytes).
+    requests: HashMap<RequestId, Box<Entry>>,
     active: BTreeSet<RequestId>,
     finished: VecDeque<(u64, RequestId)>,
     keys: KeyGen,
@@ -362,7 +363,7 @@ impl Node {
                 }
             }
             e.vote = vote;
-            self.requests.insert(rid, e);
+            self.requests.insert(rid, Box::new(e));
         }
     }
 
@@ -748,7 +749,7 @@ impl Node {
         }
         let rank = self.table.ranking(now, rid);
         let mine = rank.first() == Some(&self.cfg.id);
-        self.requests.insert(rid, Entry::new(Some(op), Some(addr), now, rank));
+        self.requests.insert(rid, Box::new(Entry::new(Some(op), Some(addr), now, rank)));
         self.active.insert(rid);
         if mine {
             self.start_claim(now, rid);
@@ -902,7 +903,7 @@ impl Node {
         }
         if !self.requests.contains_key(&rid) {
             let rank = self.table.ranking(now, rid);
-            self.requests.insert(rid, Entry::new(Some(op), Some(reply_to), now, rank));
+            self.requests.insert(rid, Box::new(Entry::new(Some(op), Some(reply_to), now, rank)));
             self.active.insert(rid);
         } else if let Some(e) = self.requests.get_mut(&rid) {
             e.reply_to.get_or_insert(reply_to);
@@ -1114,7 +1115,7 @@ impl Node {
         for record in records.clone() {
             self.apply_record(record);
         }
-        self.requests.entry(rid).or_insert_with(|| Entry::new(None, None, now, vec![]));
+        self.requests.entry(rid).or_insert_with(|| Box::new(Entry::new(None, None, now, vec![])));
         let Some(e) = self.requests.get_mut(&rid) else { return };
         if e.state.decided().is_some() {
             return;
@@ -1164,7 +1165,7 @@ impl Node {
         if round == 0 {
             return ack(false, None, 0, None);
         }
-        self.requests.entry(rid).or_insert_with(|| Entry::new(None, None, now, vec![]));
+        self.requests.entry(rid).or_insert_with(|| Box::new(Entry::new(None, None, now, vec![])));
         let Some(e) = self.requests.get_mut(&rid) else { return ack(false, None, 0, None) };
         if let Some(decided) = e.state.decided() {
             return if *decided == reply {
@@ -1409,7 +1410,6 @@ struct Ack {
     record: Option<UserRecord>,
 }
 
-/// The server id a server message says it is from, to check against the sender's address.
 /// True for replies small enough to share a batch (not the lists a read may return).
 fn small(reply: &Reply) -> bool {
     match &reply.result {
@@ -1419,6 +1419,7 @@ fn small(reply: &Reply) -> bool {
     }
 }
 
+/// The server id a server message says it is from, to check against the sender's address.
 fn sender_field(msg: &Msg) -> Option<ServerId> {
     match msg {
         Msg::Batch { from, .. }

@@ -55,6 +55,8 @@ pub enum Event {
     PeerAck(SocketAddr, u64),
     /// A transfer datagram from `from`.
     Xfer(SocketAddr, common::transfer::TransferMsg),
+    /// A client's request with its payload attached.
+    Attached { from: SocketAddr, msg: Msg, payload: Vec<u8> },
     /// A worker finished hiding an image for `client`.
     Worked { rid: common::protocol::RequestId, client: SocketAddr, result: Result<Vec<u8>, String> },
     /// The operator asked for the status table.
@@ -149,8 +151,9 @@ fn spawn_receiver(
                 (Frame::Ctl(Msg::PeerAck { id, .. }), Peer::Client(addr)) => Event::PeerAck(addr, id),
                 (Frame::Ctl(msg), from) => Event::Node(Input::Message { from, msg }),
                 (Frame::Xfer(x), Peer::Client(addr)) => Event::Xfer(addr, x),
-                (Frame::Xfer(_), Peer::Server(_)) => {
-                    drops.drop(from, "transfer on the server port");
+                (Frame::Attached(msg, payload), Peer::Client(addr)) => Event::Attached { from: addr, msg, payload },
+                (Frame::Xfer(_) | Frame::Attached(..), Peer::Server(_)) => {
+                    drops.drop(from, "client traffic on the server port");
                     continue;
                 }
             };
@@ -319,6 +322,14 @@ impl Server {
                 self.shell.apply(core, now, outs);
             }
             Event::Xfer(from, msg) => core.services.on_transfer(now, from, msg),
+            Event::Attached { from, msg, payload } => {
+                // Kept aside first, so that if this server wins the request it has the payload.
+                if let Msg::Request { rid, .. } = &msg {
+                    core.services.stash(now, *rid, from, payload);
+                }
+                let outs = core.node.step(now, Input::Message { from: Peer::Client(from), msg });
+                self.shell.apply(core, now, outs);
+            }
             Event::PeerAck(from, id) => core.services.on_peer_ack(from, id),
             Event::Worked { rid, client, result } => core.services.on_worked(now, rid, client, result),
             Event::PrintStatus => println!("{}", status_table(&core.node, now)),

@@ -14,7 +14,7 @@ use common::crypto::{self, Key};
 use common::protocol::{encode_msg, encode_xfer, transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::Weak;
@@ -26,6 +26,53 @@ pub const ACCEPT_RESEND_MS: u64 = 100;
 pub const RELAY_TRIES: u32 = 3;
 /// Wait for the peer's acknowledgement between tries, ms.
 pub const RELAY_TRY_MS: u64 = 200;
+/// Payloads that came attached to requests, kept at most this many at once.
+pub const STASH_MAX: usize = 256;
+/// ... and at most this many bytes in all.
+pub const STASH_BYTES: usize = 8 * 1024 * 1024;
+/// ... and for at most this long, ms (a server that wins later asks for an upload).
+pub const STASH_MS: u64 = 2000;
+
+/// Payloads that came attached to requests, oldest first, until their request is won here or
+/// they expire. Every server receives them; only the winner uses its copy.
+#[derive(Default)]
+struct Stash {
+    items: VecDeque<(u64, RequestId, SocketAddr, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Stash {
+    fn put(&mut self, now: u64, rid: RequestId, from: SocketAddr, payload: Vec<u8>) {
+        if self.items.iter().any(|(_, r, _, _)| *r == rid) {
+            return; // a resend: the first copy stays
+        }
+        self.bytes += payload.len();
+        self.items.push_back((now, rid, from, payload));
+        while self.items.len() > STASH_MAX || self.bytes > STASH_BYTES {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, _, _, p)) = self.items.pop_front() {
+            self.bytes -= p.len();
+        }
+    }
+
+    /// The payload `from` attached to `rid`, taken out.
+    fn take(&mut self, rid: RequestId, from: SocketAddr) -> Option<Vec<u8>> {
+        let at = self.items.iter().position(|(_, r, f, _)| *r == rid && *f == from)?;
+        let (_, _, _, p) = self.items.remove(at)?;
+        self.bytes -= p.len();
+        Some(p)
+    }
+
+    fn expire(&mut self, now: u64) {
+        while self.items.front().is_some_and(|(t, ..)| now >= t + STASH_MS) {
+            self.pop();
+        }
+    }
+}
 
 struct Relay {
     rid: RequestId,
@@ -56,6 +103,7 @@ pub struct Services {
     transfers: Transfers<SocketAddr>,
     jobs: HashMap<u64, Job>,
     relays: HashMap<u64, Relay>,
+    stash: Stash,
     inputs: Vec<Input>,
 }
 
@@ -87,6 +135,7 @@ impl Services {
             transfers: Transfers::new(transfer_config(&opts.cfg)),
             jobs: HashMap::new(),
             relays: HashMap::new(),
+            stash: Stash::default(),
             inputs: Vec::new(),
         }
     }
@@ -94,6 +143,11 @@ impl Services {
     /// Jobs waiting for an upload or running.
     pub fn depth(&self) -> usize {
         self.jobs.len() + self.pool.depth()
+    }
+
+    /// Keeps the payload `from` attached to request `rid`, in case this server wins it.
+    pub fn stash(&mut self, now: u64, rid: RequestId, from: SocketAddr, payload: Vec<u8>) {
+        self.stash.put(now, rid, from, payload);
     }
 
     /// Inputs for the node produced since the last call.
@@ -133,11 +187,17 @@ impl Services {
             return;
         }
         let upload = transfer_id(rid, 0);
+        if let Some(payload) = self.stash.take(rid, client).filter(|p| p.len() as u64 == len) {
+            // It came with the request: no upload; the client only waits for the result.
+            self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload, inline: true });
+            self.start_job(rid, client, owner, key, payload);
+            return;
+        }
         if let Err(e) = self.transfers.expect(now, upload, client, len as usize) {
             self.inputs.push(Input::Executed { rid, result: Err(format!("cannot receive the image: {e}")) });
             return;
         }
-        self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload });
+        self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload, inline: false });
         self.jobs.insert(upload, Job { rid, client, owner, key, last_accept: now, started: false });
         self.flush();
     }
@@ -181,13 +241,14 @@ impl Services {
     /// Timers: transfer retransmissions, resending `Accepted` until the upload starts.
     pub fn tick(&mut self, now: u64) {
         self.transfers.tick(now);
+        self.stash.expire(now);
         let resend: Vec<(SocketAddr, Msg)> = self
             .jobs
             .iter_mut()
             .filter(|(_, j)| !j.started && now >= j.last_accept + ACCEPT_RESEND_MS)
             .map(|(&id, j)| {
                 j.last_accept = now;
-                (j.client, Msg::Accepted { rid: j.rid, server: self.id, transfer: id })
+                (j.client, Msg::Accepted { rid: j.rid, server: self.id, transfer: id, inline: false })
             })
             .collect();
         for (to, msg) in resend {
@@ -211,20 +272,25 @@ impl Services {
         self.flush();
     }
 
+    /// Hides `owner`'s uploaded image on the worker pool; the result comes back as `Worked`.
+    fn start_job(&mut self, rid: RequestId, client: SocketAddr, owner: String, key: Key, payload: Vec<u8>) {
+        let (covers, sink, slow) = (self.covers.clone(), self.sink.clone(), self.slow_ms);
+        self.pool.submit(Box::new(move || {
+            if slow > 0 {
+                std::thread::sleep(Duration::from_millis(slow));
+            }
+            let result = hide(&covers, &key, &owner, &payload);
+            if let Some(server) = sink.upgrade() {
+                server.deliver(Event::Worked { rid, client, result });
+            }
+        }));
+    }
+
     fn on_event(&mut self, ev: TransferEvent<SocketAddr>) {
         match ev {
             TransferEvent::Received { id, from, payload } => {
                 let Some(job) = self.jobs.remove(&id) else { return };
-                let (rid, covers, sink, slow) = (job.rid, self.covers.clone(), self.sink.clone(), self.slow_ms);
-                self.pool.submit(Box::new(move || {
-                    if slow > 0 {
-                        std::thread::sleep(Duration::from_millis(slow));
-                    }
-                    let result = hide(&covers, &job.key, &job.owner, &payload);
-                    if let Some(server) = sink.upgrade() {
-                        server.deliver(Event::Worked { rid, client: from, result });
-                    }
-                }));
+                self.start_job(job.rid, from, job.owner, job.key, payload);
             }
             TransferEvent::Failed { id, outgoing: false, reason, .. } => {
                 if let Some(job) = self.jobs.remove(&id) {
@@ -248,4 +314,46 @@ pub fn hide(covers: &Covers, key: &Key, owner: &str, sealed: &[u8]) -> Result<Ve
     stego::decode_image(&image).map_err(|e| format!("not an image this server can read: {e}"))?;
     let cover = covers.choose(sealed.len());
     stego::hide(cover, sealed).map_err(|e| format!("cannot hide the image: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(seq: u64) -> RequestId {
+        RequestId { client: 1, seq }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn the_stash_gives_a_payload_once_to_its_sender_and_keeps_the_first_copy() {
+        let mut s = Stash::default();
+        s.put(0, rid(1), addr(1), vec![1; 10]);
+        s.put(1, rid(1), addr(1), vec![2; 10]);
+        assert_eq!(s.take(rid(1), addr(2)), None, "another address gets nothing");
+        assert_eq!(s.take(rid(1), addr(1)), Some(vec![1; 10]), "the first copy");
+        assert_eq!(s.take(rid(1), addr(1)), None, "taken once");
+        assert_eq!(s.bytes, 0);
+    }
+
+    #[test]
+    fn the_stash_is_bounded_in_count_bytes_and_time() {
+        let mut s = Stash::default();
+        for i in 0..(STASH_MAX as u64 + 10) {
+            s.put(i, rid(i), addr(1), vec![0; 100]);
+        }
+        assert_eq!(s.items.len(), STASH_MAX);
+        assert_eq!(s.take(rid(0), addr(1)), None, "the oldest went first");
+        assert!(s.take(rid(STASH_MAX as u64 + 9), addr(1)).is_some());
+        let mut s = Stash::default();
+        for i in 0..4 {
+            s.put(i, rid(i), addr(1), vec![0; STASH_BYTES / 3]);
+        }
+        assert!(s.bytes <= STASH_BYTES && s.items.len() == 3, "{} bytes", s.bytes);
+        s.expire(3 + STASH_MS);
+        assert!(s.items.is_empty() && s.bytes == 0, "all expired");
+    }
 }
