@@ -99,7 +99,8 @@ pub struct TransferConfig {
     pub max_rto_ms: u64,
     /// A transfer whose peer has been silent this long is abandoned (also an unused `expect`).
     pub give_up_ms: u64,
-    /// The receiver acks after this many new in-order chunks.
+    /// The receiver acks after this many new in-order chunks (at most half the window, so the
+    /// sender never stalls waiting for an ack).
     pub ack_every: u32,
     /// An ack owed for fewer chunks is sent after this delay (on `tick`).
     pub ack_delay_ms: u64,
@@ -153,7 +154,7 @@ impl TransferConfig {
             min_rto_ms,
             max_rto_ms,
             give_up_ms: self.give_up_ms.max(1),
-            ack_every: self.ack_every.max(1),
+            ack_every: self.ack_every.clamp(1, (self.window.clamp(1, MAX_WINDOW) as u32 / 2).max(1)),
             ack_delay_ms: self.ack_delay_ms,
             max_incoming: self.max_incoming,
             recent_capacity: self.recent_capacity,
@@ -1427,6 +1428,14 @@ mod tests {
             }
         }
         !c
+    }
+
+    #[test]
+    fn acks_come_at_least_twice_per_window() {
+        let small = TransferConfig { window: 2, ack_every: 4, ..TransferConfig::default() }.normalized();
+        assert_eq!(small.ack_every, 1);
+        let wide = TransferConfig { window: 64, ack_every: 4, ..TransferConfig::default() }.normalized();
+        assert_eq!(wide.ack_every, 4);
     }
 
     #[test]
