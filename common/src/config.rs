@@ -112,10 +112,10 @@ fn d_images_dir() -> String {
     "images".into()
 }
 fn d_chunk_size() -> usize {
-    16 * 1024
+    48_000
 }
 fn d_window() -> usize {
-    8
+    3
 }
 fn d_max_payload() -> usize {
     50 * 1024 * 1024
