@@ -13,7 +13,7 @@ use crate::{load, work};
 use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
-use common::protocol::{encode_msg, Frame, Msg};
+use common::protocol::{encode_msg, encode_xfer, Frame, Msg};
 use common::rng::Rng;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
@@ -63,6 +63,17 @@ pub enum Event {
     PrintStatus,
     /// Ctrl-C: announce 999 and exit.
     Shutdown,
+}
+
+/// A datagram to send once the server's lock is released: encoding and the kernel's loopback
+/// delivery then no longer hold up the threads waiting for the lock.
+pub enum Datagram {
+    /// A message to another server (tagged with the cluster key).
+    Server(ServerId, Msg),
+    /// A message to a client.
+    Client(SocketAddr, Msg),
+    /// A transfer datagram to a client.
+    Xfer(SocketAddr, common::transfer::TransferMsg),
 }
 
 /// Rate-limits "dropped datagram" log lines: a flood of garbage must not become a flood of logs.
@@ -231,7 +242,6 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let err = |e: std::io::Error| e.to_string();
     let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
-    let services_sock = client_sock.try_clone().map_err(err)?;
     let (done_tx, done_rx) = bounded::<()>(1);
     let shell = Shell {
         who: who.clone(),
@@ -241,7 +251,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         key,
     };
     let server = Arc::new_cyclic(|me: &Weak<Server>| {
-        let services = work::Services::new(&opts, services_sock, pool, me.clone());
+        let services = work::Services::new(&opts, pool, me.clone());
         Server { shell, start, done: done_tx, core: Mutex::new(Core { node, services, store, stopped: false }) }
     });
 
@@ -310,9 +320,16 @@ impl Server {
     /// Handles one event to the end. False once the server has shut down.
     pub fn deliver(&self, ev: Event) -> bool {
         let mut guard = self.core.lock();
-        let core = &mut *guard;
+        let (going, outbox) = self.handle(&mut guard, ev);
+        drop(guard);
+        self.shell.send_all(outbox);
+        going
+    }
+
+    /// Handles one event under the lock: whether the server goes on, and what to send.
+    fn handle(&self, core: &mut Core, ev: Event) -> (bool, Vec<Datagram>) {
         if core.stopped {
-            return false;
+            return (false, Vec::new());
         }
         // Read under the lock, so the node never sees time go backwards.
         let now = self.now_ms();
@@ -339,11 +356,11 @@ impl Server {
                 self.shell.apply(core, now, outs);
                 core.stopped = true;
                 let _ = self.done.try_send(());
-                return false;
+                return (false, core.services.take_outbox());
             }
         }
         self.shell.feed_back(core, now);
-        true
+        (true, core.services.take_outbox())
     }
 
     /// Runs the timers. False once the server has shut down.
@@ -358,6 +375,9 @@ impl Server {
         self.shell.apply(core, now, outs);
         core.services.tick(now);
         self.shell.feed_back(core, now);
+        let outbox = core.services.take_outbox();
+        drop(guard);
+        self.shell.send_all(outbox);
         true
     }
 }
@@ -390,32 +410,37 @@ impl Shell {
         }
         for o in outs {
             match o {
-                Output::Send { to, msg } => self.send(to, &msg),
+                Output::Send { to: Peer::Server(id), msg } => core.services.post(Datagram::Server(id, msg)),
+                Output::Send { to: Peer::Client(addr), msg } => core.services.post(Datagram::Client(addr, msg)),
                 Output::Execute { rid, op, reply_to, key } => core.services.execute(now, rid, op, reply_to, key),
                 Output::Log(line) => self.log(&line),
             }
         }
     }
 
-    fn send(&self, to: Peer, msg: &Msg) {
-        let bytes = match to {
-            Peer::Server(_) => encode_server(&self.key, auth::wall_ms(), msg),
-            Peer::Client(_) => encode_msg(msg),
+    /// Sends what a step produced, in order (outside the lock).
+    fn send_all(&self, outbox: Vec<Datagram>) {
+        for d in outbox {
+            self.send(d);
+        }
+    }
+
+    fn send(&self, d: Datagram) {
+        let (bytes, sock, to) = match &d {
+            Datagram::Server(id, msg) => {
+                let Some(addr) = self.peer_addrs.get(id) else { return };
+                (encode_server(&self.key, auth::wall_ms(), msg), &self.peer_sock, *addr)
+            }
+            Datagram::Client(addr, msg) => (encode_msg(msg), &self.client_sock, *addr),
+            Datagram::Xfer(addr, x) => (encode_xfer(x), &self.client_sock, *addr),
         };
         if bytes.len() > MAX_DATAGRAM {
-            self.log(&format!("not sending a {}-byte message: too large for a datagram", bytes.len()));
+            self.log(&format!("not sending a {}-byte message to {to}: too large for a datagram", bytes.len()));
             return;
         }
-        let result = match to {
-            Peer::Server(id) => match self.peer_addrs.get(&id) {
-                Some(addr) => self.peer_sock.send_to(&bytes, addr),
-                None => return,
-            },
-            Peer::Client(addr) => self.client_sock.send_to(&bytes, addr),
-        };
-        if let Err(e) = result {
+        if let Err(e) = sock.send_to(&bytes, to) {
             if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                self.log(&format!("send to {to:?} failed: {e}"));
+                self.log(&format!("send to {to} failed: {e}"));
             }
         }
     }

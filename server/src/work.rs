@@ -7,15 +7,15 @@
 
 use crate::node::Input;
 use crate::pool::Pool;
-use crate::runtime::{Event, Options, Server};
+use crate::runtime::{Datagram, Event, Options, Server};
 use common::auth::own_image_aad;
 use common::config::ServerId;
 use common::crypto::{self, Key};
-use common::protocol::{encode_msg, encode_xfer, transfer_id, Answer, Msg, Op, RequestId};
+use common::protocol::{transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
@@ -94,7 +94,7 @@ struct Job {
 /// The heavy-request services of one server.
 pub struct Services {
     id: ServerId,
-    sock: UdpSocket,
+    outbox: Vec<Datagram>,
     pool: Arc<Pool>,
     sink: Sink,
     covers: Arc<Covers>,
@@ -120,13 +120,13 @@ pub fn transfer_config(cfg: &common::config::ClusterConfig) -> TransferConfig {
 }
 
 impl Services {
-    /// Services sending on `sock` (the client socket), running jobs on `pool` and handing
-    /// their results to `sink`.
-    pub fn new(opts: &Options, sock: UdpSocket, pool: Arc<Pool>, sink: Sink) -> Self {
+    /// Services running jobs on `pool` and handing their results to `sink`; what they send
+    /// waits in their outbox until the server's lock is released.
+    pub fn new(opts: &Options, pool: Arc<Pool>, sink: Sink) -> Self {
         let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
         Services {
             id: opts.id,
-            sock,
+            outbox: Vec::new(),
             pool,
             sink,
             covers,
@@ -155,13 +155,23 @@ impl Services {
         std::mem::take(&mut self.inputs)
     }
 
-    fn send_ctl(&self, to: SocketAddr, msg: &Msg) {
-        let _ = self.sock.send_to(&encode_msg(msg), to);
+    /// Queues a datagram (the node's too, so that everything one event causes leaves in order).
+    pub fn post(&mut self, d: Datagram) {
+        self.outbox.push(d);
+    }
+
+    /// The datagrams queued since the last call, in order.
+    pub fn take_outbox(&mut self) -> Vec<Datagram> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn send_ctl(&mut self, to: SocketAddr, msg: &Msg) {
+        self.outbox.push(Datagram::Client(to, msg.clone()));
     }
 
     fn flush(&mut self) {
         while let Some((to, msg)) = self.transfers.poll_send() {
-            let _ = self.sock.send_to(&encode_xfer(&msg), to);
+            self.outbox.push(Datagram::Xfer(to, msg));
         }
         while let Some(ev) = self.transfers.poll_event() {
             self.on_event(ev);
