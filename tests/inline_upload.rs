@@ -1,7 +1,9 @@
 //! A small payload travels attached to its request; these tests put the client (`Cloud::call`)
 //! in front of a scripted server on loopback to check the paths a real cluster rarely takes:
 //! the server's `Accepted` is lost (the client must still take the result, learning where from
-//! the reply), and the winner has no copy of the payload (it asks for an upload instead).
+//! the reply), the result fits one datagram and comes unannounced (the client must take it
+//! before any reply names its sender), and the winner has no copy of the payload (it asks for an
+//! upload instead).
 
 mod support;
 
@@ -19,6 +21,8 @@ enum Script {
     AcceptedLost,
     /// It has no copy: `Accepted` without `inline`, then it receives the upload.
     AskForUpload,
+    /// A one-datagram result without `Accepted`; the reply only once the result is acknowledged.
+    Unannounced,
 }
 
 /// Runs the scripted server until the client is done; returns (attached payload, uploaded payload).
@@ -26,9 +30,14 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
     sock.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
-    let mut xfers: Transfers<std::net::SocketAddr> = Transfers::new(TransferConfig::default());
+    let tcfg = match script {
+        Script::Unannounced => TransferConfig::with_chunk_size(48_000),
+        _ => TransferConfig::default(),
+    };
+    let mut xfers: Transfers<std::net::SocketAddr> = Transfers::new(tcfg);
     let mut buf = vec![0u8; 70_000];
     let (mut attached, mut uploaded, mut rid_seen) = (None, None, None);
+    let mut pending_reply = None;
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
             match decode(&buf[..n]) {
@@ -48,6 +57,10 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
                                 let _ = sock.send_to(&encode_xfer(&m), to);
                             }
                             sock.send_to(&encode_msg(&reply), from).unwrap();
+                        }
+                        Script::Unannounced => {
+                            xfers.send(now(), out, from, result.clone()).unwrap();
+                            pending_reply = Some(reply);
                         }
                         Script::AskForUpload => {
                             let common::protocol::Op::Encrypt { len: up, .. } = op else { panic!("{op:?}") };
@@ -77,7 +90,14 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
                     let reply = Msg::Reply(Reply { rid, server: 1, result: Ok(answer) });
                     sock.send_to(&encode_msg(&reply), from).unwrap();
                 }
-                TransferEvent::Sent { .. } => return (attached.unwrap_or_default(), uploaded),
+                TransferEvent::Sent { to, .. } => {
+                    // Acknowledged before any reply named this server: the client took it
+                    // unannounced. Now the reply.
+                    if let Some(reply) = pending_reply.take() {
+                        sock.send_to(&encode_msg(&reply), to).unwrap();
+                    }
+                    return (attached.unwrap_or_default(), uploaded);
+                }
                 _ => {}
             }
         }
@@ -109,7 +129,7 @@ fn run(script: Script) {
     let (attached, uploaded) = server.join().unwrap();
     assert_eq!(attached, payload, "{script:?}: the payload came with the request");
     match script {
-        Script::AcceptedLost => assert_eq!(uploaded, None, "nothing uploaded"),
+        Script::AcceptedLost | Script::Unannounced => assert_eq!(uploaded, None, "nothing uploaded"),
         Script::AskForUpload => assert_eq!(uploaded.as_deref(), Some(&payload[..]), "uploaded when asked"),
     }
 }
@@ -122,4 +142,9 @@ fn the_result_is_taken_even_when_accepted_is_lost() {
 #[test]
 fn a_server_without_the_attached_copy_gets_an_upload() {
     run(Script::AskForUpload);
+}
+
+#[test]
+fn a_one_datagram_result_is_taken_before_the_reply_names_its_sender() {
+    run(Script::Unannounced);
 }

@@ -388,17 +388,28 @@ impl Cloud {
         }
         let mut uploading: Option<(ServerId, u64)> = None;
         let mut reply: Option<Reply> = None;
-        let mut blob: Option<Vec<u8>> = None;
+        let mut blob: Option<(SocketAddr, Vec<u8>)> = None;
         let mut want_blob: Option<u64> = None;
         let mut transfer_error: Option<String> = None;
         loop {
             if let Some(r) = &reply {
-                let blob_ready = want_blob.is_none() || blob.is_some();
-                if blob_ready {
-                    return Ok(CallResult { reply: r.clone(), blob });
+                // The result must come from the server whose execution was decided: one taken
+                // from another (which ran the request before a takeover) is dropped.
+                let executor = self.servers.iter().find(|(id, _)| *id == r.server).map(|(_, a)| *a);
+                if blob.as_ref().is_some_and(|(from, _)| want_blob.is_some() && Some(*from) != executor) {
+                    blob = None;
+                }
+                if want_blob.is_none() || blob.is_some() {
+                    return Ok(CallResult { reply: r.clone(), blob: blob.map(|(_, b)| b) });
                 }
                 if let Some(e) = transfer_error.take() {
                     return Err(e);
+                }
+                // Its `Accepted` was lost, or never sent: the result is retransmitted until taken.
+                if let (Some(t), Some(at)) = (want_blob, executor) {
+                    if self.transfers.progress(t).is_none() {
+                        let _ = self.transfers.expect(self.now(), t, at, self.max_payload);
+                    }
                 }
             }
             match self.next_incoming()? {
@@ -408,6 +419,9 @@ impl Cloud {
                 }
                 Some(Incoming::Xfer(from, x)) => {
                     let now = self.now();
+                    if blob.is_none() {
+                        self.take_unannounced(now, rid, from, &x);
+                    }
                     self.transfers.step(now, from, x);
                 }
                 None => {}
@@ -417,10 +431,10 @@ impl Cloud {
             self.flush_transfers();
             while let Some(ev) = self.transfers.poll_event() {
                 match ev {
-                    TransferEvent::Received { id, payload: p, .. }
+                    TransferEvent::Received { id, payload: p, from }
                         if Some(id) == want_blob || id == transfer_id(rid, 1) =>
                     {
-                        blob = Some(p)
+                        blob = Some((from, p))
                     }
                     TransferEvent::Failed { id, reason, outgoing, .. }
                         if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) =>
@@ -464,6 +478,16 @@ impl Cloud {
         }
     }
 
+    /// A result that fits in one datagram comes unannounced (no `Accepted`): take it from
+    /// whichever server of the cluster sends it, unless a transfer is already expected.
+    fn take_unannounced(&mut self, now: u64, rid: RequestId, from: SocketAddr, x: &TransferMsg) {
+        let TransferMsg::Data(d) = x else { return };
+        let single = d.id == transfer_id(rid, 1) && d.seq == 0 && d.total_chunks == 1;
+        if single && self.transfers.progress(d.id).is_none() && self.servers.iter().any(|(_, a)| *a == from) {
+            let _ = self.transfers.expect(now, d.id, from, self.max_payload);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn on_ctl(
         &mut self,
@@ -482,12 +506,6 @@ impl Cloud {
                     if r.rid == rid {
                         if let Ok(Answer::Encrypted { transfer, .. }) = &r.result {
                             *want_blob = Some(*transfer);
-                            // Its `Accepted` was lost: the result is retransmitted until taken.
-                            if uploading.is_none() && self.transfers.progress(*transfer).is_none() {
-                                let executor = self.servers.iter().find(|(id, _)| *id == r.server);
-                                let at = executor.map_or(from, |(_, a)| *a);
-                                let _ = self.transfers.expect(now, *transfer, at, self.max_payload);
-                            }
                         }
                         *reply = Some(r);
                     }

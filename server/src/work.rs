@@ -14,7 +14,7 @@ use common::crypto::{self, Key};
 use common::protocol::{transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Weak;
@@ -104,6 +104,9 @@ pub struct Services {
     jobs: HashMap<u64, Job>,
     relays: HashMap<u64, Relay>,
     stash: Stash,
+    /// Requests whose upload came attached: their client has not been told who runs them.
+    unannounced: HashSet<RequestId>,
+    chunk_size: usize,
     inputs: Vec<Input>,
 }
 
@@ -136,6 +139,8 @@ impl Services {
             jobs: HashMap::new(),
             relays: HashMap::new(),
             stash: Stash::default(),
+            unannounced: HashSet::new(),
+            chunk_size: transfer_config(&opts.cfg).chunk_size,
             inputs: Vec::new(),
         }
     }
@@ -198,8 +203,9 @@ impl Services {
         }
         let upload = transfer_id(rid, 0);
         if let Some(payload) = self.stash.take(rid, client).filter(|p| p.len() as u64 == len) {
-            // It came with the request: no upload; the client only waits for the result.
-            self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload, inline: true });
+            // It came with the request: no upload. The client only waits for the result, and
+            // learns who sends it with the result (see `on_worked`).
+            self.unannounced.insert(rid);
             self.start_job(rid, client, owner, key, payload);
             return;
         }
@@ -233,9 +239,18 @@ impl Services {
 
     /// A worker finished hiding an image.
     pub fn on_worked(&mut self, now: u64, rid: RequestId, client: SocketAddr, result: Result<Vec<u8>, String>) {
+        let unannounced = self.unannounced.remove(&rid);
         let result = match result {
             Ok(png) => {
                 let id = transfer_id(rid, 1);
+                // A result in one datagram is taken from whichever server sends it; a longer
+                // one is announced first, so the client binds its chunks to this server.
+                if unannounced && png.len() > self.chunk_size {
+                    self.send_ctl(
+                        client,
+                        &Msg::Accepted { rid, server: self.id, transfer: transfer_id(rid, 0), inline: true },
+                    );
+                }
                 let len = png.len() as u64;
                 match self.transfers.send(now, id, client, png) {
                     Ok(()) => Ok(Answer::Encrypted { len, transfer: id }),
