@@ -1,15 +1,15 @@
 //! A small payload travels attached to its request; these tests put the client (`Cloud::call`)
 //! in front of a scripted server on loopback to check the paths a real cluster rarely takes:
 //! the server's `Accepted` is lost (the client must still take the result, learning where from
-//! the reply), the result fits one datagram and comes unannounced (the client must take it
-//! before any reply names its sender), and the winner has no copy of the payload (it asks for an
+//! the reply), the result comes attached to the reply (at once, or only when the client asks
+//! again after a reply without it), and the winner has no copy of the payload (it asks for an
 //! upload instead).
 
 mod support;
 
 use client::cloud::Cloud;
 use common::config::{ClusterConfig, ServerEntry};
-use common::protocol::{decode, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Reply};
+use common::protocol::{decode, encode_attached, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Reply};
 use common::transfer::{TransferConfig, TransferEvent, Transfers};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -21,8 +21,11 @@ enum Script {
     AcceptedLost,
     /// It has no copy: `Accepted` without `inline`, then it receives the upload.
     AskForUpload,
-    /// A one-datagram result without `Accepted`; the reply only once the result is acknowledged.
-    Unannounced,
+    /// The result attached to the reply: no `Accepted`, no transfer.
+    ResultAttached,
+    /// First a reply without the result (as a server that did not run it gives); the result
+    /// attached to the reply only when the client sends the request again.
+    ResultOnAskingAgain,
 }
 
 /// Runs the scripted server until the client is done; returns (attached payload, uploaded payload).
@@ -30,14 +33,9 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
     sock.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
-    let tcfg = match script {
-        Script::Unannounced => TransferConfig::with_chunk_size(48_000),
-        _ => TransferConfig::default(),
-    };
-    let mut xfers: Transfers<std::net::SocketAddr> = Transfers::new(tcfg);
+    let mut xfers: Transfers<std::net::SocketAddr> = Transfers::new(TransferConfig::default());
     let mut buf = vec![0u8; 70_000];
     let (mut attached, mut uploaded, mut rid_seen) = (None, None, None);
-    let mut pending_reply = None;
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
             match decode(&buf[..n]) {
@@ -58,16 +56,26 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
                             }
                             sock.send_to(&encode_msg(&reply), from).unwrap();
                         }
-                        Script::Unannounced => {
-                            xfers.send(now(), out, from, result.clone()).unwrap();
-                            pending_reply = Some(reply);
+                        Script::ResultAttached => {
+                            let bytes = encode_attached(&reply, &result).expect("fits a datagram");
+                            sock.send_to(&bytes, from).unwrap();
+                            return (attached.unwrap_or_default(), None);
                         }
+                        Script::ResultOnAskingAgain => sock.send_to(&encode_msg(&reply), from).map(|_| ()).unwrap(),
                         Script::AskForUpload => {
                             let common::protocol::Op::Encrypt { len: up, .. } = op else { panic!("{op:?}") };
                             xfers.expect(now(), upload, from, up as usize).unwrap();
                             let accepted = Msg::Accepted { rid, server: 1, transfer: upload, inline: false };
                             sock.send_to(&encode_msg(&accepted), from).unwrap();
                         }
+                    }
+                }
+                Ok(Frame::Ctl(Msg::Request { rid, .. })) if Some(rid) == rid_seen => {
+                    if let Script::ResultOnAskingAgain = script {
+                        let answer = Answer::Encrypted { len: result.len() as u64, transfer: transfer_id(rid, 1) };
+                        let reply = Msg::Reply(Reply { rid, server: 1, result: Ok(answer) });
+                        sock.send_to(&encode_attached(&reply, &result).expect("fits"), from).unwrap();
+                        return (attached.unwrap_or_default(), None);
                     }
                 }
                 Ok(Frame::Xfer(x)) => xfers.step(now(), from, x),
@@ -90,14 +98,7 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
                     let reply = Msg::Reply(Reply { rid, server: 1, result: Ok(answer) });
                     sock.send_to(&encode_msg(&reply), from).unwrap();
                 }
-                TransferEvent::Sent { to, .. } => {
-                    // Acknowledged before any reply named this server: the client took it
-                    // unannounced. Now the reply.
-                    if let Some(reply) = pending_reply.take() {
-                        sock.send_to(&encode_msg(&reply), to).unwrap();
-                    }
-                    return (attached.unwrap_or_default(), uploaded);
-                }
+                TransferEvent::Sent { .. } => return (attached.unwrap_or_default(), uploaded),
                 _ => {}
             }
         }
@@ -129,7 +130,9 @@ fn run(script: Script) {
     let (attached, uploaded) = server.join().unwrap();
     assert_eq!(attached, payload, "{script:?}: the payload came with the request");
     match script {
-        Script::AcceptedLost | Script::Unannounced => assert_eq!(uploaded, None, "nothing uploaded"),
+        Script::AcceptedLost | Script::ResultAttached | Script::ResultOnAskingAgain => {
+            assert_eq!(uploaded, None, "nothing uploaded")
+        }
         Script::AskForUpload => assert_eq!(uploaded.as_deref(), Some(&payload[..]), "uploaded when asked"),
     }
 }
@@ -145,6 +148,11 @@ fn a_server_without_the_attached_copy_gets_an_upload() {
 }
 
 #[test]
-fn a_one_datagram_result_is_taken_before_the_reply_names_its_sender() {
-    run(Script::Unannounced);
+fn a_result_attached_to_the_reply_is_taken() {
+    run(Script::ResultAttached);
+}
+
+#[test]
+fn a_reply_without_its_result_makes_the_client_ask_again() {
+    run(Script::ResultOnAskingAgain);
 }

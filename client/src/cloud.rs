@@ -102,6 +102,8 @@ pub enum Incoming {
     Ctl(SocketAddr, Msg),
     /// A transfer message.
     Xfer(SocketAddr, TransferMsg),
+    /// A reply from a server with its result attached.
+    Result(SocketAddr, Reply, Vec<u8>),
 }
 
 /// Called with (direction, done bytes, total bytes) while a large payload moves.
@@ -118,6 +120,10 @@ pub struct CallResult {
 
 /// How long `call` waits for a datagram before running its timers.
 pub const POLL: Duration = Duration::from_millis(5);
+
+/// While a reply has come without its result, the request is sent again this often, ms: the
+/// server that ran it answers with the result attached.
+pub const REFETCH_MS: u64 = 100;
 
 /// Sorts what arrives on a client's socket: peer traffic (messages from other users, even
 /// relayed by a server, and peers' transfers) apart from the cloud's replies and transfers;
@@ -139,6 +145,7 @@ impl Classifier {
             Ok(Frame::Ctl(Msg::Reply(r))) if r.rid.client == self.health.probe_client => None,
             Ok(Frame::Ctl(m)) => Some((Incoming::Ctl(from, m), false)),
             Ok(Frame::Xfer(x)) => Some((Incoming::Xfer(from, x), !from_server)),
+            Ok(Frame::Attached(Msg::Reply(r), blob)) if from_server => Some((Incoming::Result(from, r, blob), false)),
             Ok(Frame::Attached(..)) | Err(_) => None,
         }
     }
@@ -391,6 +398,7 @@ impl Cloud {
         let mut blob: Option<(SocketAddr, Vec<u8>)> = None;
         let mut want_blob: Option<u64> = None;
         let mut transfer_error: Option<String> = None;
+        let mut refetched = self.now();
         loop {
             if let Some(r) = &reply {
                 // The result must come from the server whose execution was decided: one taken
@@ -405,10 +413,16 @@ impl Cloud {
                 if let Some(e) = transfer_error.take() {
                     return Err(e);
                 }
-                // Its `Accepted` was lost, or never sent: the result is retransmitted until taken.
+                // The result comes by transfer (its `Accepted` was lost: it is retransmitted
+                // until taken), or it was attached to a reply that was lost: ask again.
                 if let (Some(t), Some(at)) = (want_blob, executor) {
+                    let now = self.now();
                     if self.transfers.progress(t).is_none() {
-                        let _ = self.transfers.expect(self.now(), t, at, self.max_payload);
+                        let _ = self.transfers.expect(now, t, at, self.max_payload);
+                    }
+                    if now >= refetched + REFETCH_MS {
+                        refetched = now;
+                        self.multicast(&msg);
                     }
                 }
             }
@@ -419,10 +433,15 @@ impl Cloud {
                 }
                 Some(Incoming::Xfer(from, x)) => {
                     let now = self.now();
-                    if blob.is_none() {
-                        self.take_unannounced(now, rid, from, &x);
-                    }
                     self.transfers.step(now, from, x);
+                }
+                Some(Incoming::Result(from, r, bytes)) => {
+                    if r.rid == rid {
+                        blob = Some((from, bytes));
+                    }
+                    let now = self.now();
+                    let msg = Msg::Reply(r);
+                    self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;
                 }
                 None => {}
             }
@@ -475,16 +494,6 @@ impl Cloud {
                     return Err(transfer_error.unwrap_or_else(|| "no server answered (is the cloud running?)".into()));
                 }
             }
-        }
-    }
-
-    /// A result that fits in one datagram comes unannounced (no `Accepted`): take it from
-    /// whichever server of the cluster sends it, unless a transfer is already expected.
-    fn take_unannounced(&mut self, now: u64, rid: RequestId, from: SocketAddr, x: &TransferMsg) {
-        let TransferMsg::Data(d) = x else { return };
-        let single = d.id == transfer_id(rid, 1) && d.seq == 0 && d.total_chunks == 1;
-        if single && self.transfers.progress(d.id).is_none() && self.servers.iter().any(|(_, a)| *a == from) {
-            let _ = self.transfers.expect(now, d.id, from, self.max_payload);
         }
     }
 

@@ -140,6 +140,7 @@ impl State {
                 recv(incoming) -> m => match m {
                     Ok(Incoming::Ctl(from, msg)) => self.link.on_message(from, msg),
                     Ok(Incoming::Xfer(from, x)) => { let now = self.now(); self.transfers.step(now, from, x) }
+                    Ok(Incoming::Result(..)) => {} // cloud traffic: never sorted to the engine
                     Err(_) => return,
                 },
                 recv(commands) -> c => match c {

@@ -421,13 +421,24 @@ pub enum Frame {
     Ctl(Msg),
     /// A reliable-transfer message.
     Xfer(TransferMsg),
-    /// A request (always a `Msg::Request`) with its small payload attached, so the server that
-    /// wins it need not ask for an upload.
+    /// A message with bytes attached: a `Msg::Request` with its small payload (client to
+    /// server), so the server that wins it need not ask for an upload; or the `Msg::Reply` of
+    /// an encryption with its stego PNG (server to client), when it fits one datagram.
     Attached(Msg, Vec<u8>),
 }
 
-/// Frame kind of a request with its payload attached.
+/// Frame kind of a message with bytes attached.
 pub const KIND_ATTACHED: u8 = 3;
+
+/// True for the messages that may carry `payload`: a request, or the reply of an encryption
+/// whose answer gives the payload's length.
+fn may_attach(msg: &Msg, payload: &[u8]) -> bool {
+    match msg {
+        Msg::Request { .. } => true,
+        Msg::Reply(Reply { result: Ok(Answer::Encrypted { len, .. }), .. }) => *len == payload.len() as u64,
+        _ => false,
+    }
+}
 
 /// Why a datagram was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,17 +471,20 @@ pub fn encode_xfer(msg: &TransferMsg) -> Vec<u8> {
     out
 }
 
-/// Encodes a request with its payload attached: the request's JSON length (4 bytes, big
-/// endian), the JSON, the payload. `None` if it does not fit one datagram.
-pub fn encode_attached(request: &Msg, payload: &[u8]) -> Option<Vec<u8>> {
-    let json = serde_json::to_vec(request).ok()?;
+/// Encodes a message with bytes attached: the message's JSON length (4 bytes, big endian), the
+/// JSON, the bytes. `None` if it does not fit one datagram or may not carry them.
+pub fn encode_attached(msg: &Msg, payload: &[u8]) -> Option<Vec<u8>> {
+    if !may_attach(msg, payload) {
+        return None;
+    }
+    let json = serde_json::to_vec(msg).ok()?;
     let len = u32::try_from(json.len()).ok()?;
     let mut out = Vec::with_capacity(8 + json.len() + payload.len());
     out.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED]);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(payload);
-    (out.len() <= MAX_DATAGRAM && matches!(request, Msg::Request { .. })).then_some(out)
+    (out.len() <= MAX_DATAGRAM).then_some(out)
 }
 
 /// Decodes and validates a datagram.
@@ -497,14 +511,14 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
         1 => TransferMsg::decode(body).map(Frame::Xfer).map_err(|e| WireError(format!("bad transfer message: {e}"))),
         KIND_ATTACHED => {
             let Some((len, rest)) = body.split_first_chunk::<4>() else {
-                return bad("attached request without its length");
+                return bad("attached message without its length");
             };
             let Some((json, payload)) = rest.split_at_checked(u32::from_be_bytes(*len) as usize) else {
-                return bad("attached request longer than the datagram");
+                return bad("attached message longer than the datagram");
             };
             let msg: Msg = serde_json::from_slice(json).map_err(|e| WireError(format!("bad message: {e}")))?;
-            if !matches!(msg, Msg::Request { .. }) {
-                return bad("only a request may carry an attachment");
+            if !may_attach(&msg, payload) {
+                return bad("only a request, or an encryption's reply with its result, may carry an attachment");
             }
             validate(&msg)?;
             Ok(Frame::Attached(msg, payload.to_vec()))
@@ -654,6 +668,18 @@ mod tests {
     }
 
     #[test]
+    fn an_encryption_reply_carries_its_result_of_the_announced_length_only() {
+        let answer = Answer::Encrypted { len: 3, transfer: 9 };
+        let reply = Msg::Reply(Reply { rid: rid(), server: 2, result: Ok(answer) });
+        let bytes = encode_attached(&reply, b"png").expect("fits");
+        assert_eq!(decode(&bytes), Ok(Frame::Attached(reply.clone(), b"png".to_vec())));
+        assert!(encode_attached(&reply, b"pn").is_none(), "another length");
+        let mut cut = bytes.clone();
+        cut.pop();
+        assert!(decode(&cut).is_err(), "shorter than announced");
+    }
+
+    #[test]
     fn attached_requests_round_trip_and_nothing_else_may_carry_a_payload() {
         let req = Msg::Request { rid: rid(), op: Op::Register { name: "alice".into() } };
         for payload in [vec![], vec![7u8; 10_000]] {
@@ -667,7 +693,7 @@ mod tests {
         let mut forged = vec![MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED];
         forged.extend_from_slice(&(json.len() as u32).to_be_bytes());
         forged.extend_from_slice(&json);
-        assert!(decode(&forged).is_err(), "a reply with an attachment");
+        assert!(decode(&forged).is_err(), "a refusal with an attachment");
         let good = encode_attached(&req, b"abc").unwrap();
         assert!(decode(&good[..6]).is_err(), "cut inside the length");
         let mut long = good.clone();

@@ -9,5 +9,6 @@ pub mod node;
 pub mod pool;
 pub mod runtime;
 pub mod service;
+pub mod stash;
 pub mod store;
 pub mod work;

@@ -13,7 +13,7 @@ use crate::{load, work};
 use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
-use common::protocol::{encode_msg, encode_xfer, Frame, Msg};
+use common::protocol::{encode_attached, encode_msg, encode_xfer, Frame, Msg};
 use common::rng::Rng;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
@@ -72,6 +72,8 @@ pub enum Datagram {
     Server(ServerId, Msg),
     /// A message to a client.
     Client(SocketAddr, Msg),
+    /// A reply to a client with its result attached.
+    Attached(SocketAddr, Msg, Vec<u8>),
     /// A transfer datagram to a client.
     Xfer(SocketAddr, common::transfer::TransferMsg),
 }
@@ -162,7 +164,13 @@ fn spawn_receiver(
                 (Frame::Ctl(Msg::PeerAck { id, .. }), Peer::Client(addr)) => Event::PeerAck(addr, id),
                 (Frame::Ctl(msg), from) => Event::Node(Input::Message { from, msg }),
                 (Frame::Xfer(x), Peer::Client(addr)) => Event::Xfer(addr, x),
-                (Frame::Attached(msg, payload), Peer::Client(addr)) => Event::Attached { from: addr, msg, payload },
+                (Frame::Attached(msg @ Msg::Request { .. }, payload), Peer::Client(addr)) => {
+                    Event::Attached { from: addr, msg, payload }
+                }
+                (Frame::Attached(..), Peer::Client(_)) => {
+                    drops.drop(from, "only requests come to a server with an attachment");
+                    continue;
+                }
                 (Frame::Xfer(_) | Frame::Attached(..), Peer::Server(_)) => {
                     drops.drop(from, "client traffic on the server port");
                     continue;
@@ -432,6 +440,13 @@ impl Shell {
                 (encode_server(&self.key, auth::wall_ms(), msg), &self.peer_sock, *addr)
             }
             Datagram::Client(addr, msg) => (encode_msg(msg), &self.client_sock, *addr),
+            Datagram::Attached(addr, msg, bytes) => match encode_attached(msg, bytes) {
+                Some(b) => (b, &self.client_sock, *addr),
+                None => {
+                    self.log(&format!("not sending a {}-byte result to {addr}: it may not go attached", bytes.len()));
+                    return;
+                }
+            },
             Datagram::Xfer(addr, x) => (encode_xfer(x), &self.client_sock, *addr),
         };
         if bytes.len() > MAX_DATAGRAM {

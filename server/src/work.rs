@@ -1,20 +1,23 @@
-//! Heavy requests, done outside the node: for `Encrypt` the server that won the request tells
-//! the client where to send the image (`Accepted`), receives it by reliable transfer, checks
-//! it is the owner's image sealed under the owner's own key and that it decodes, hides the
-//! sealed bytes (never the plain image) in a cover on the worker pool, streams the stego PNG back by transfer
-//! and reports the answer to the node, which commits it like any other. For `Relay` it tries
-//! to reach a peer the sender could not, and reports whether the peer acknowledged.
+//! Heavy requests, done outside the node. For `Encrypt` the server that won the request takes
+//! the sealed image that came attached to the request, or else tells the client where to send
+//! it (`Accepted`) and receives it by reliable transfer. It checks the upload is the owner's
+//! image sealed under the owner's own key and that it decodes, hides the sealed bytes (never the
+//! plain image) in a cover on the worker pool, and reports the answer to the node, which commits
+//! it like any other. The stego PNG goes back attached to the reply when it fits one datagram
+//! (kept a while for retries), else by transfer. For `Relay` it tries to reach a peer the
+//! sender could not, and reports whether the peer acknowledged.
 
 use crate::node::Input;
 use crate::pool::Pool;
 use crate::runtime::{Datagram, Event, Options, Server};
+use crate::stash::{self, Stash};
 use common::auth::own_image_aad;
 use common::config::ServerId;
 use common::crypto::{self, Key};
 use common::protocol::{transfer_id, Answer, Msg, Op, RequestId};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Weak;
@@ -26,54 +29,6 @@ pub const ACCEPT_RESEND_MS: u64 = 100;
 pub const RELAY_TRIES: u32 = 3;
 /// Wait for the peer's acknowledgement between tries, ms.
 pub const RELAY_TRY_MS: u64 = 200;
-/// Payloads that came attached to requests, kept at most this many at once.
-pub const STASH_MAX: usize = 256;
-/// ... and at most this many bytes in all.
-pub const STASH_BYTES: usize = 8 * 1024 * 1024;
-/// ... and for at most this long, ms (a server that wins later asks for an upload).
-pub const STASH_MS: u64 = 2000;
-
-/// Payloads that came attached to requests, oldest first, until their request is won here or
-/// they expire. Every server receives them; only the winner uses its copy.
-#[derive(Default)]
-struct Stash {
-    items: VecDeque<(u64, RequestId, SocketAddr, Vec<u8>)>,
-    bytes: usize,
-}
-
-impl Stash {
-    fn put(&mut self, now: u64, rid: RequestId, from: SocketAddr, payload: Vec<u8>) {
-        if self.items.iter().any(|(_, r, _, _)| *r == rid) {
-            return; // a resend: the first copy stays
-        }
-        self.bytes += payload.len();
-        self.items.push_back((now, rid, from, payload));
-        while self.items.len() > STASH_MAX || self.bytes > STASH_BYTES {
-            self.pop();
-        }
-    }
-
-    fn pop(&mut self) {
-        if let Some((_, _, _, p)) = self.items.pop_front() {
-            self.bytes -= p.len();
-        }
-    }
-
-    /// The payload `from` attached to `rid`, taken out.
-    fn take(&mut self, rid: RequestId, from: SocketAddr) -> Option<Vec<u8>> {
-        let at = self.items.iter().position(|(_, r, f, _)| *r == rid && *f == from)?;
-        let (_, _, _, p) = self.items.remove(at)?;
-        self.bytes -= p.len();
-        Some(p)
-    }
-
-    fn expire(&mut self, now: u64) {
-        while self.items.front().is_some_and(|(t, ..)| now >= t + STASH_MS) {
-            self.pop();
-        }
-    }
-}
-
 struct Relay {
     rid: RequestId,
     to: SocketAddr,
@@ -104,6 +59,8 @@ pub struct Services {
     jobs: HashMap<u64, Job>,
     relays: HashMap<u64, Relay>,
     stash: Stash,
+    /// Results that go back attached to their replies.
+    results: Stash,
     /// Requests whose upload came attached: their client has not been told who runs them.
     unannounced: HashSet<RequestId>,
     chunk_size: usize,
@@ -138,7 +95,8 @@ impl Services {
             transfers: Transfers::new(transfer_config(&opts.cfg)),
             jobs: HashMap::new(),
             relays: HashMap::new(),
-            stash: Stash::default(),
+            stash: Stash::new(stash::UPLOADS),
+            results: Stash::new(stash::RESULTS),
             unannounced: HashSet::new(),
             chunk_size: transfer_config(&opts.cfg).chunk_size,
             inputs: Vec::new(),
@@ -161,7 +119,22 @@ impl Services {
     }
 
     /// Queues a datagram (the node's too, so that everything one event causes leaves in order).
+    /// A reply whose result this server holds carries it.
     pub fn post(&mut self, d: Datagram) {
+        let d = match d {
+            Datagram::Client(to, Msg::Reply(r)) => {
+                // Only our own execution's result, as the decided reply describes it.
+                let png = self.results.get(r.rid, to).filter(|png| {
+                    r.server == self.id
+                        && matches!(r.result, Ok(Answer::Encrypted { len, .. }) if len == png.len() as u64)
+                });
+                match png {
+                    Some(png) => Datagram::Attached(to, Msg::Reply(r), png.to_vec()),
+                    None => Datagram::Client(to, Msg::Reply(r)),
+                }
+            }
+            d => d,
+        };
         self.outbox.push(d);
     }
 
@@ -204,7 +177,7 @@ impl Services {
         let upload = transfer_id(rid, 0);
         if let Some(payload) = self.stash.take(rid, client).filter(|p| p.len() as u64 == len) {
             // It came with the request: no upload. The client only waits for the result, and
-            // learns who sends it with the result (see `on_worked`).
+            // learns who sends it from the reply, or from `Accepted` before a long result.
             self.unannounced.insert(rid);
             self.start_job(rid, client, owner, key, payload);
             return;
@@ -241,15 +214,18 @@ impl Services {
     pub fn on_worked(&mut self, now: u64, rid: RequestId, client: SocketAddr, result: Result<Vec<u8>, String>) {
         let unannounced = self.unannounced.remove(&rid);
         let result = match result {
+            Ok(png) if unannounced && png.len() <= self.chunk_size => {
+                // One datagram: it goes with the reply (see `post`).
+                let len = png.len() as u64;
+                self.results.put(now, rid, client, png);
+                Ok(Answer::Encrypted { len, transfer: transfer_id(rid, 1) })
+            }
             Ok(png) => {
                 let id = transfer_id(rid, 1);
-                // A result in one datagram is taken from whichever server sends it; a longer
-                // one is announced first, so the client binds its chunks to this server.
-                if unannounced && png.len() > self.chunk_size {
-                    self.send_ctl(
-                        client,
-                        &Msg::Accepted { rid, server: self.id, transfer: transfer_id(rid, 0), inline: true },
-                    );
+                if unannounced {
+                    // Bind the client to this server before the chunks come.
+                    let accepted = Msg::Accepted { rid, server: self.id, transfer: transfer_id(rid, 0), inline: true };
+                    self.send_ctl(client, &accepted);
                 }
                 let len = png.len() as u64;
                 match self.transfers.send(now, id, client, png) {
@@ -267,6 +243,7 @@ impl Services {
     pub fn tick(&mut self, now: u64) {
         self.transfers.tick(now);
         self.stash.expire(now);
+        self.results.expire(now);
         let resend: Vec<(SocketAddr, Msg)> = self
             .jobs
             .iter_mut()
@@ -339,46 +316,4 @@ pub fn hide(covers: &Covers, key: &Key, owner: &str, sealed: &[u8]) -> Result<Ve
     stego::decode_image(&image).map_err(|e| format!("not an image this server can read: {e}"))?;
     let cover = covers.choose(sealed.len());
     stego::hide(cover, sealed).map_err(|e| format!("cannot hide the image: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rid(seq: u64) -> RequestId {
-        RequestId { client: 1, seq }
-    }
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn the_stash_gives_a_payload_once_to_its_sender_and_keeps_the_first_copy() {
-        let mut s = Stash::default();
-        s.put(0, rid(1), addr(1), vec![1; 10]);
-        s.put(1, rid(1), addr(1), vec![2; 10]);
-        assert_eq!(s.take(rid(1), addr(2)), None, "another address gets nothing");
-        assert_eq!(s.take(rid(1), addr(1)), Some(vec![1; 10]), "the first copy");
-        assert_eq!(s.take(rid(1), addr(1)), None, "taken once");
-        assert_eq!(s.bytes, 0);
-    }
-
-    #[test]
-    fn the_stash_is_bounded_in_count_bytes_and_time() {
-        let mut s = Stash::default();
-        for i in 0..(STASH_MAX as u64 + 10) {
-            s.put(i, rid(i), addr(1), vec![0; 100]);
-        }
-        assert_eq!(s.items.len(), STASH_MAX);
-        assert_eq!(s.take(rid(0), addr(1)), None, "the oldest went first");
-        assert!(s.take(rid(STASH_MAX as u64 + 9), addr(1)).is_some());
-        let mut s = Stash::default();
-        for i in 0..4 {
-            s.put(i, rid(i), addr(1), vec![0; STASH_BYTES / 3]);
-        }
-        assert!(s.bytes <= STASH_BYTES && s.items.len() == 3, "{} bytes", s.bytes);
-        s.expire(3 + STASH_MS);
-        assert!(s.items.is_empty() && s.bytes == 0, "all expired");
-    }
 }
