@@ -156,3 +156,32 @@ fn a_result_attached_to_the_reply_is_taken() {
 fn a_reply_without_its_result_makes_the_client_ask_again() {
     run(Script::ResultOnAskingAgain);
 }
+
+#[test]
+fn a_result_lost_with_its_server_fails_the_call_soon() {
+    // The scripted server replies without the result, then goes away: the result is lost.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let cfg = ClusterConfig::with_servers(vec![ServerEntry {
+        id: 1,
+        client_addr: addr,
+        peer_addr: "127.0.0.1:9".parse().unwrap(),
+    }]);
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        let Ok(Frame::Attached(Msg::Request { rid, .. }, _)) = decode(&buf[..n]) else { panic!("a request first") };
+        let answer = Answer::Encrypted { len: 40_000, transfer: transfer_id(rid, 1) };
+        let reply = Msg::Reply(Reply { rid, server: 1, result: Ok(answer) });
+        sock.send_to(&encode_msg(&reply), from).unwrap();
+    });
+    let payload = vec![5u8; 10_000];
+    let mut cloud = Cloud::connect_direct(&cfg, None).unwrap();
+    cloud.set_secret(vec![7; 32]);
+    let got = cloud.call(support::encrypt_op("zed", payload.len()), Some(&payload));
+    server.join().unwrap();
+    // Not the transfer's own give-up ("transfer failed"), which comes later.
+    let err = got.expect_err("the result is lost");
+    assert!(err.contains("no longer answers"), "{err}");
+}

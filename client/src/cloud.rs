@@ -125,6 +125,11 @@ pub const POLL: Duration = Duration::from_millis(5);
 /// server that ran it answers with the result attached.
 pub const REFETCH_MS: u64 = 100;
 
+/// A server that ran a request and has not been heard from for this long after the reply
+/// came, while its result is missing, is taken for dead: the result is lost with it and the
+/// call fails (the caller retries with a new request), ms.
+pub const EXECUTOR_SILENT_MS: u64 = 1000;
+
 /// Sorts what arrives on a client's socket: peer traffic (messages from other users, even
 /// relayed by a server, and peers' transfers) apart from the cloud's replies and transfers;
 /// answers to reachability probes only refresh [`Health`].
@@ -399,6 +404,9 @@ impl Cloud {
         let mut want_blob: Option<u64> = None;
         let mut transfer_error: Option<String> = None;
         let mut refetched = self.now();
+        // When a reply came, and when each server was last heard from since.
+        let mut replied_at: Option<u64> = None;
+        let mut heard: Vec<(SocketAddr, u64)> = Vec::new();
         loop {
             if let Some(r) = &reply {
                 // The result must come from the server whose execution was decided: one taken
@@ -417,6 +425,16 @@ impl Cloud {
                 // until taken), or it was attached to a reply that was lost: ask again.
                 if let (Some(t), Some(at)) = (want_blob, executor) {
                     let now = self.now();
+                    let since = replied_at.get_or_insert(now);
+                    let last = heard.iter().find(|(a, _)| *a == at).map_or(*since, |(_, h)| (*h).max(*since));
+                    let moving = self.transfers.progress(t).is_some_and(|(done, _)| done > 0);
+                    if !moving && now >= last + EXECUTOR_SILENT_MS {
+                        let _ = self.transfers.cancel(t);
+                        return Err(format!(
+                            "server {} ran the request but no longer answers: its result is lost",
+                            r.server
+                        ));
+                    }
                     if self.transfers.progress(t).is_none() {
                         let _ = self.transfers.expect(now, t, at, self.max_payload);
                     }
@@ -426,7 +444,18 @@ impl Cloud {
                     }
                 }
             }
-            match self.next_incoming()? {
+            let incoming = self.next_incoming()?;
+            if let Some(Incoming::Ctl(from, _) | Incoming::Xfer(from, _) | Incoming::Result(from, _, _)) = &incoming {
+                let now = self.now();
+                // Only the cluster's servers are tracked (a bounded list).
+                if self.servers.iter().any(|(_, a)| a == from) {
+                    match heard.iter_mut().find(|(a, _)| a == from) {
+                        Some(h) => h.1 = now,
+                        None => heard.push((*from, now)),
+                    }
+                }
+            }
+            match incoming {
                 Some(Incoming::Ctl(from, msg)) => {
                     let now = self.now();
                     self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;

@@ -60,6 +60,11 @@ pub const DECIDED: u32 = u32::MAX;
 /// A waiting request is ranked again with the current load table after this long, ms.
 pub const RERANK_AFTER_MS: u64 = 20;
 
+/// A first responder (see `responders`) counts only if heard from this recently, ms: a server
+/// that went quiet is skipped, so a voter behind it answers at once instead of after a
+/// retransmission.
+pub const RESPONDER_FRESH_MS: u64 = 50;
+
 /// Most messages put in one [`Msg::Batch`].
 pub const BATCH_MAX: usize = 32;
 
@@ -251,6 +256,8 @@ struct Entry {
     holder: Option<ServerId>,
     /// Highest round seen in any message, to pick the next one.
     max_round: u32,
+    /// The servers that granted our winning claim: our proposal goes to them first.
+    voted: Vec<ServerId>,
     /// Our promise and accepted proposal (saved in the directory).
     vote: Vote,
 }
@@ -265,6 +272,7 @@ impl Entry {
             state: State::Waiting,
             holder: None,
             max_round: 0,
+            voted: Vec::new(),
             vote: Vote::default(),
         }
     }
@@ -911,8 +919,36 @@ impl Node {
                 e.op = Some(op);
             }
         }
+        let repeat = self.requests.get(&rid).is_some_and(|e| e.vote.round == round && e.vote.holder == by);
         let answer = self.vote(now, rid, by, round);
+        // A grant the claimer does not wait for stays unsent the first time (the promise is
+        // kept all the same); a repeat of the claim is answered.
+        let granted = matches!(answer, Msg::ClaimAck { granted: true, .. });
+        if granted && !repeat && !self.responders(now, by).contains(&self.cfg.id) {
+            return;
+        }
         self.send(Peer::Server(by), answer);
+    }
+
+    /// The servers whose votes a claim by `claimer` waits for first: the live servers heard
+    /// from lately, after it in id order (cyclically), as many as its quorum needs besides its
+    /// own vote. The others grant the claim silently the first time; a retransmission, which
+    /// goes to every voter that has not answered, reaches them. The proposal then goes to the
+    /// servers that voted.
+    fn responders(&self, now: u64, claimer: ServerId) -> Vec<ServerId> {
+        let need = self.table.quorum().saturating_sub(1);
+        let me = self.cfg.id;
+        let fresh = now.saturating_sub(RESPONDER_FRESH_MS);
+        let mut ids: Vec<ServerId> = self.table.voters();
+        ids.push(me);
+        ids.retain(|&id| {
+            id != claimer && self.table.is_live(now, id) && (id == me || self.table.heard_since(id, fresh))
+        });
+        ids.sort_unstable();
+        let split = ids.partition_point(|&id| id < claimer);
+        ids.rotate_left(split);
+        ids.truncate(need);
+        ids
     }
 
     fn on_claim_ack(&mut self, now: u64, rid: RequestId, ack: Ack) {
@@ -980,9 +1016,15 @@ impl Node {
     /// A majority voted for our claim: propose the highest accepted proposal reported, or
     /// execute the request if there is none.
     fn on_quorum(&mut self, now: u64, rid: RequestId) {
-        let Some(State::Claiming { round, best, .. }) = self.requests.get(&rid).map(|e| &e.state) else { return };
-        let round = *round;
-        match best.clone() {
+        let Some(State::Claiming { round, best, votes, .. }) = self.requests.get(&rid).map(|e| &e.state) else {
+            return;
+        };
+        let (round, best) = (*round, best.clone());
+        let voted: Vec<ServerId> = votes.iter().copied().collect();
+        if let Some(e) = self.requests.get_mut(&rid) {
+            e.voted = voted;
+        }
+        match best {
             Some(p) => {
                 self.log(format!(
                     "{rid}: proposing the reply of server {} accepted in round {}",
@@ -1046,7 +1088,10 @@ impl Node {
             reply: proposal.reply.clone(),
             records: proposal.records.clone(),
         };
-        self.multicast(self.table.voters(), &done);
+        let quorum = self.table.quorum();
+        let voted = self.requests.get(&rid).map(|e| e.voted.clone()).unwrap_or_default();
+        let to = if voted.len() + 1 >= quorum { voted } else { self.table.voters() };
+        self.multicast(to, &done);
         self.set_state(now, rid, State::Accepting { proposal, acks: BTreeSet::new(), last: now });
     }
 
@@ -1689,10 +1734,48 @@ mod tests {
     }
 
     #[test]
+    fn only_the_first_responders_answer_a_first_claim_and_get_the_proposal() {
+        // Server 1 claims; with three servers its quorum needs one other vote: server 2's.
+        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client() };
+        let mut n3 = node(3);
+        assert!(from(&mut n3, 2, 1, claim.clone()).is_empty(), "server 3 grants silently the first time");
+        let out = from(&mut n3, 3, 1, claim.clone());
+        assert!(matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]), "a repeat is answered: {out:?}");
+        let mut n2 = node(2);
+        let out = from(&mut n2, 2, 1, claim);
+        assert!(
+            matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]),
+            "server 2 answers at once: {out:?}"
+        );
+        // The proposal goes to server 2 alone; a retransmission reaches whoever has not accepted.
+        let mut n = claiming_node();
+        let outs = n.step(3, Input::Message { from: Peer::Server(2), msg: grant(2, 1) });
+        let to: Vec<Peer> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, msg: Msg::Done { .. } } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to, vec![Peer::Server(2)]);
+        let again = sent(n.tick(3 + 40));
+        assert_eq!(proposals(&again).len(), 2, "retransmitted to both: {again:?}");
+    }
+
+    #[test]
+    fn a_voter_answers_at_once_when_the_first_responder_went_quiet() {
+        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client() };
+        let mut n3 = node(3);
+        // Server 2 was last heard at time 1: by time 200 it no longer counts as a first responder.
+        let out = from(&mut n3, 200, 1, claim);
+        assert!(matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]), "{out:?}");
+    }
+
+    #[test]
     fn an_abandoned_execution_writes_nothing() {
         let mut n = claiming_node();
         let out = from(&mut n, 3, 2, grant(2, 1));
-        assert_eq!(proposals(&out).len(), 2, "executed and proposed to both: {out:?}");
+        assert_eq!(proposals(&out).len(), 1, "executed and proposed to server 2, the first responder: {out:?}");
         assert!(n.directory().get("alice").is_none(), "nothing is written before the decision");
         let refusal = Msg::DoneAck { rid: rid(), from: 2, accepted: false, holder: Some(3), round: 5, reply: None };
         from(&mut n, 4, 2, refusal);
@@ -1716,7 +1799,7 @@ mod tests {
             record: Some(record(3, "t3")),
         };
         let out = from(&mut n, 3, 2, report);
-        assert_eq!(proposals(&out), vec![(1, reply(3, "t3")); 2], "{out:?}");
+        assert_eq!(proposals(&out), vec![(1, reply(3, "t3"))], "{out:?}");
         assert!(n.executions.is_empty(), "no second execution");
     }
 
@@ -1737,7 +1820,7 @@ mod tests {
         let out = from(&mut n, 3, 2, refusal);
         assert!(out.iter().any(|m| matches!(m, Msg::Claim { round: 2, .. })), "{out:?}");
         assert!(proposals(&from(&mut n, 4, 3, grant(3, 1))).is_empty(), "a vote for round 1 is not one for round 2");
-        assert_eq!(proposals(&from(&mut n, 5, 3, grant(3, 2))).len(), 2);
+        assert_eq!(proposals(&from(&mut n, 5, 3, grant(3, 2))).len(), 1);
     }
 
     #[test]
@@ -1770,7 +1853,7 @@ mod tests {
             record: None,
         };
         from(&mut n, 3, 2, refusal);
-        assert_eq!(proposals(&from(&mut n, 4, 3, grant(3, 1))).len(), 2, "still claiming round 1");
+        assert_eq!(proposals(&from(&mut n, 4, 3, grant(3, 1))).len(), 1, "still claiming round 1");
     }
 
     #[test]
