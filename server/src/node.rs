@@ -13,11 +13,15 @@
 //!    higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
 //!    carries the voter's accepted proposal, if any, else the voter's directory record of the
 //!    request's user, so the executor never acts on a stale replica. A claim needs votes from a
-//!    majority of the servers that have not announced 999, its own included;
+//!    majority of the servers that have not announced 999, its own included. Only its *first
+//!    responders* (the live servers after the claimer in id order, heard from lately, as many
+//!    as the majority needs) answer a first copy; the others vote silently and answer a
+//!    retransmission;
 //! 3. the winner of a round proposes the accepted proposal of the highest round among its votes
 //!    (it must: that value may already be decided) and executes the request only if there is
-//!    none. It sends the proposal (`Done` in its round: Paxos accept); a server accepts unless it
-//!    voted in a higher round. Executing writes nothing: the records are applied when decided;
+//!    none. It sends the proposal (`Done` in its round: Paxos accept) to the servers that voted
+//!    for it (to every voter on retransmission); a server accepts unless it voted in a higher
+//!    round. Executing writes nothing: the records are applied when decided;
 //! 4. once a majority accepted, the request is decided: the decider applies the records and
 //!    announces the decision (`Done` in round [`DECIDED`]) to every server, which applies the
 //!    records too. The client gets the reply once a majority applied them (so its next request
