@@ -106,7 +106,8 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
     panic!("the scripted server gave up ({script:?})");
 }
 
-fn run(script: Script) {
+/// The scripted server's socket and a one-server cluster config that points at it.
+fn scripted_server() -> (UdpSocket, ClusterConfig) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     let cfg = ClusterConfig::with_servers(vec![ServerEntry {
@@ -114,6 +115,11 @@ fn run(script: Script) {
         client_addr: addr,
         peer_addr: "127.0.0.1:9".parse().unwrap(),
     }]);
+    (sock, cfg)
+}
+
+fn run(script: Script) {
+    let (sock, cfg) = scripted_server();
     let result: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
     let expected = result.clone();
@@ -160,13 +166,7 @@ fn a_reply_without_its_result_makes_the_client_ask_again() {
 #[test]
 fn a_result_lost_with_its_server_fails_the_call_soon() {
     // The scripted server replies without the result, then goes away: the result is lost.
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = sock.local_addr().unwrap();
-    let cfg = ClusterConfig::with_servers(vec![ServerEntry {
-        id: 1,
-        client_addr: addr,
-        peer_addr: "127.0.0.1:9".parse().unwrap(),
-    }]);
+    let (sock, cfg) = scripted_server();
     let server = std::thread::spawn(move || {
         let mut buf = vec![0u8; 70_000];
         sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
