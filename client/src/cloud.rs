@@ -421,6 +421,9 @@ impl Cloud {
                 if let Some(e) = transfer_error.take() {
                     return Err(e);
                 }
+                if executor.is_none() {
+                    return Err(format!("the reply names server {}, which is not in the cluster config", r.server));
+                }
                 // The result comes by transfer (its `Accepted` was lost: it is retransmitted
                 // until taken), or it was attached to a reply that was lost: ask again.
                 if let (Some(t), Some(at)) = (want_blob, executor) {
