@@ -72,6 +72,11 @@ pub const RESPONDER_FRESH_MS: u64 = 50;
 /// Most messages put in one [`Msg::Batch`].
 pub const BATCH_MAX: usize = 32;
 
+/// How long a message that may wait (see `send_later`) waits for a ride on a datagram going
+/// to the same server before a tick sends it on its own, ms. Well under the retransmission
+/// time, so that an announcement and its acknowledgement both fit in it.
+pub const LATER_WAIT_MS: u64 = 10;
+
 /// Change of queued work that is announced before the next periodic load multicast.
 pub const EARLY_ANNOUNCE_WORK: u32 = 3;
 /// Shortest time between two early announcements, ms.
@@ -293,8 +298,9 @@ pub struct Node {
     finished: VecDeque<(u64, RequestId)>,
     keys: KeyGen,
     out: Vec<Output>,
-    /// Messages that may wait for the next tick, to go in one `Batch` per server.
-    later: BTreeMap<ServerId, Vec<Msg>>,
+    /// Messages that may wait, per server: since when, and the messages. They ride with the
+    /// next message to that server, or go in one `Batch` once `LATER_WAIT_MS` passed.
+    later: BTreeMap<ServerId, (u64, Vec<Msg>)>,
     epoch: u64,
     started: u64,
     heard_since_start: BTreeSet<ServerId>,
@@ -519,8 +525,9 @@ impl Node {
         if work.abs_diff(self.announced_work) >= EARLY_ANNOUNCE_WORK && now >= self.announced_at + EARLY_ANNOUNCE_MS {
             self.announce(now);
         }
-        let waiting: Vec<ServerId> = self.later.keys().copied().collect();
-        for to in waiting {
+        let due: Vec<ServerId> =
+            self.later.iter().filter(|(_, (since, _))| now >= since + LATER_WAIT_MS).map(|(&to, _)| to).collect();
+        for to in due {
             self.flush_later(to);
         }
         std::mem::take(&mut self.out)
@@ -530,7 +537,19 @@ impl Node {
         self.out.push(Output::Log(line));
     }
 
+    /// Sends `msg`; to a server, the messages waiting for it (see `send_later`) ride along in
+    /// one `Batch`, ahead of it.
     fn send(&mut self, to: Peer, msg: Msg) {
+        let msg = match to {
+            Peer::Server(id) if !matches!(msg, Msg::Batch { .. }) => match self.later.remove(&id) {
+                Some((_, mut msgs)) => {
+                    msgs.push(msg);
+                    Msg::Batch { from: self.cfg.id, msgs }
+                }
+                None => msg,
+            },
+            _ => msg,
+        };
         self.out.push(Output::Send { to, msg });
     }
 
@@ -540,11 +559,12 @@ impl Node {
         }
     }
 
-    /// Sends `msg` to server `to` with the next tick, in one `Batch` with the others waiting
-    /// for it: for messages nobody waits on (the announcement of a decision that wrote
-    /// nothing, and its acknowledgement), so that one datagram carries many.
-    fn send_later(&mut self, to: ServerId, msg: Msg) {
-        let waiting = self.later.entry(to).or_default();
+    /// Sends `msg` to server `to` when convenient: with the next message that goes there, or
+    /// after `LATER_WAIT_MS` in one `Batch` with the others waiting. For messages nobody waits
+    /// on (the announcement of a decision that wrote nothing, and its acknowledgement), so
+    /// that they seldom cost a datagram of their own.
+    fn send_later(&mut self, now: u64, to: ServerId, msg: Msg) {
+        let (_, waiting) = self.later.entry(to).or_insert_with(|| (now, Vec::new()));
         waiting.push(msg);
         if waiting.len() >= BATCH_MAX {
             self.flush_later(to);
@@ -552,7 +572,7 @@ impl Node {
     }
 
     fn flush_later(&mut self, to: ServerId) {
-        let Some(mut msgs) = self.later.remove(&to) else { return };
+        let Some((_, mut msgs)) = self.later.remove(&to) else { return };
         let msg = match msgs.len() {
             0 => return,
             1 => msgs.remove(0),
@@ -706,7 +726,7 @@ impl Node {
                 let ack = self.on_done(now, rid, by, round, reply, records);
                 if unhurried {
                     // Nobody waits on it: the client has its reply (nothing was written).
-                    self.send_later(s, ack);
+                    self.send_later(now, s, ack);
                 } else {
                     self.send(Peer::Server(s), ack);
                 }
@@ -1122,7 +1142,7 @@ impl Node {
             // The client has its reply and nothing was written: the others learn it with the
             // next tick, many decisions to a datagram.
             for to in self.table.voters() {
-                self.send_later(to, decided.clone());
+                self.send_later(now, to, decided.clone());
             }
         } else {
             self.multicast(self.table.voters(), &decided);
@@ -1681,20 +1701,33 @@ mod tests {
     }
 
     #[test]
-    fn decisions_that_wrote_nothing_travel_in_batches_with_the_next_tick() {
+    fn decisions_that_wrote_nothing_wait_to_ride_along_or_go_together_later() {
         let mut n = node(2);
         let batch = Msg::Batch { from: 1, msgs: vec![unhurried(1, 1), unhurried(1, 2)] };
-        assert!(from(&mut n, 5, 1, batch).is_empty(), "the acknowledgements wait for the tick");
+        assert!(from(&mut n, 5, 1, batch).is_empty(), "the acknowledgements wait");
         assert!(decided_here(&n, 1) && decided_here(&n, 2), "both decisions learnt");
-        let out = sent(n.tick(6));
         let acks = |m: &Msg| match m {
             Msg::Batch { from: 2, msgs } => {
                 msgs.iter().filter(|a| matches!(a, Msg::DoneAck { accepted: true, round: DECIDED, .. })).count()
             }
             _ => 0,
         };
+        assert!(sent(n.tick(5 + LATER_WAIT_MS - 1)).iter().all(|m| acks(m) == 0), "not due yet");
+        let out = sent(n.tick(5 + LATER_WAIT_MS));
         assert_eq!(out.iter().map(acks).collect::<Vec<_>>(), vec![2], "one datagram, both acks: {out:?}");
-        assert!(sent(n.tick(7)).iter().all(|m| acks(m) == 0), "sent once");
+        assert!(sent(n.tick(5 + LATER_WAIT_MS + 1)).iter().all(|m| acks(m) == 0), "sent once");
+        // Waiting acknowledgements ride ahead of the next message to their server.
+        from(&mut n, 30, 1, unhurried(1, 5));
+        let out = from(&mut n, 31, 1, claim(1, 1));
+        assert_eq!(out.len(), 1, "{out:?}");
+        match &out[0] {
+            Msg::Batch { from: 2, msgs } => {
+                assert!(matches!(msgs[0], Msg::DoneAck { round: DECIDED, .. }), "{msgs:?}");
+                assert!(matches!(msgs[1], Msg::ClaimAck { .. }), "{msgs:?}");
+            }
+            other => panic!("expected the ack to ride with the vote: {other:?}"),
+        }
+        assert!(sent(n.tick(31 + LATER_WAIT_MS)).iter().all(|m| acks(m) == 0), "nothing left to send");
         // A batch inside a batch, and a message naming another sender than the batch's, are dropped.
         let nested =
             Msg::Batch { from: 1, msgs: vec![Msg::Batch { from: 1, msgs: vec![unhurried(1, 3)] }, unhurried(3, 4)] };

@@ -434,20 +434,28 @@ impl Shell {
     }
 
     fn send(&self, d: Datagram) {
-        let (bytes, sock, to) = match &d {
+        let (bytes, sock, to) = match d {
             Datagram::Server(id, msg) => {
-                let Some(addr) = self.peer_addrs.get(id) else { return };
-                (encode_server(&self.key, auth::wall_ms(), msg), &self.peer_sock, *addr)
+                let Some(addr) = self.peer_addrs.get(&id) else { return };
+                let bytes = encode_server(&self.key, auth::wall_ms(), &msg);
+                if let (true, Msg::Batch { msgs, .. }) = (bytes.len() > MAX_DATAGRAM, msg) {
+                    // Messages that rode along made it too large: each goes on its own.
+                    for m in msgs {
+                        self.send(Datagram::Server(id, m));
+                    }
+                    return;
+                }
+                (bytes, &self.peer_sock, *addr)
             }
-            Datagram::Client(addr, msg) => (encode_msg(msg), &self.client_sock, *addr),
-            Datagram::Attached(addr, msg, bytes) => match encode_attached(msg, bytes) {
-                Some(b) => (b, &self.client_sock, *addr),
+            Datagram::Client(addr, msg) => (encode_msg(&msg), &self.client_sock, addr),
+            Datagram::Attached(addr, msg, bytes) => match encode_attached(&msg, &bytes) {
+                Some(b) => (b, &self.client_sock, addr),
                 None => {
                     self.log(&format!("not sending a {}-byte result to {addr}: it may not go attached", bytes.len()));
                     return;
                 }
             },
-            Datagram::Xfer(addr, x) => (encode_xfer(x), &self.client_sock, *addr),
+            Datagram::Xfer(addr, x) => (encode_xfer(&x), &self.client_sock, addr),
         };
         if bytes.len() > MAX_DATAGRAM {
             self.log(&format!("not sending a {}-byte message to {to}: too large for a datagram", bytes.len()));
