@@ -861,8 +861,27 @@ impl Node {
             self.on_quorum(now, rid);
             return;
         }
+        // The first responders get the claim at once; the other voters when convenient (it
+        // rides with the next message to them, or goes after `LATER_WAIT_MS`), and not at all
+        // if the request is decided before: then the decision is all they need to hear.
         let claim = Msg::Claim { rid, by: me, round, op, reply_to };
-        self.multicast(self.table.voters(), &claim);
+        let first = self.responders(now, me);
+        let enough = first.len() + 1 >= self.table.quorum();
+        for to in self.table.voters() {
+            if !enough || first.contains(&to) {
+                self.send(Peer::Server(to), claim.clone());
+            } else {
+                self.send_later(now, to, claim.clone());
+            }
+        }
+    }
+
+    /// Drops the claims of `rid` still waiting to be sent (it is decided).
+    fn drop_waiting_claims(&mut self, rid: RequestId) {
+        for (_, msgs) in self.later.values_mut() {
+            msgs.retain(|m| !matches!(m, Msg::Claim { rid: r, .. } if *r == rid));
+        }
+        self.later.retain(|_, (_, msgs)| !msgs.is_empty());
     }
 
     /// Our vote as a refusal names: the holder of our promise, unless that is us and we are not
@@ -956,9 +975,9 @@ impl Node {
 
     /// The servers whose votes a claim by `claimer` waits for first: the live servers heard
     /// from lately, after it in id order (cyclically), as many as its quorum needs besides its
-    /// own vote. The others grant the claim silently the first time; a retransmission, which
-    /// goes to every voter that has not answered, reaches them. The proposal then goes to the
-    /// servers that voted.
+    /// own vote. The others get the claim later (see `start_claim`) and grant it silently the
+    /// first time; a retransmission, which goes to every voter that has not answered, reaches
+    /// them. The proposal then goes to the servers that voted.
     fn responders(&self, now: u64, claimer: ServerId) -> Vec<ServerId> {
         let need = self.table.quorum().saturating_sub(1);
         let me = self.cfg.id;
@@ -1122,6 +1141,7 @@ impl Node {
     /// A majority accepted `proposal`: it is decided. Apply it, announce it, answer the client
     /// (now if nothing is written, else once a majority applied the records).
     fn decide(&mut self, now: u64, rid: RequestId, proposal: Proposal) {
+        self.drop_waiting_claims(rid);
         for record in proposal.records.clone() {
             self.apply_record(record);
         }
@@ -1629,11 +1649,13 @@ mod tests {
         sent(n.step(now, Input::Message { from: Peer::Server(s), msg }))
     }
 
+    /// The messages sent, batches opened (a batch is only how they travel).
     fn sent(outs: Vec<Output>) -> Vec<Msg> {
         outs.into_iter()
-            .filter_map(|o| match o {
-                Output::Send { msg, .. } => Some(msg),
-                _ => None,
+            .flat_map(|o| match o {
+                Output::Send { msg: Msg::Batch { msgs, .. }, .. } => msgs,
+                Output::Send { msg, .. } => vec![msg],
+                _ => vec![],
             })
             .collect()
     }
@@ -1706,28 +1728,35 @@ mod tests {
         let batch = Msg::Batch { from: 1, msgs: vec![unhurried(1, 1), unhurried(1, 2)] };
         assert!(from(&mut n, 5, 1, batch).is_empty(), "the acknowledgements wait");
         assert!(decided_here(&n, 1) && decided_here(&n, 2), "both decisions learnt");
+        // The datagrams a step sends, batches left closed.
+        let datagrams = |outs: Vec<Output>| -> Vec<Msg> {
+            outs.into_iter()
+                .filter_map(|o| match o {
+                    Output::Send { msg, .. } => Some(msg),
+                    _ => None,
+                })
+                .collect()
+        };
         let acks = |m: &Msg| match m {
             Msg::Batch { from: 2, msgs } => {
                 msgs.iter().filter(|a| matches!(a, Msg::DoneAck { accepted: true, round: DECIDED, .. })).count()
             }
             _ => 0,
         };
-        assert!(sent(n.tick(5 + LATER_WAIT_MS - 1)).iter().all(|m| acks(m) == 0), "not due yet");
-        let out = sent(n.tick(5 + LATER_WAIT_MS));
+        assert!(datagrams(n.tick(5 + LATER_WAIT_MS - 1)).is_empty(), "not due yet");
+        let out = datagrams(n.tick(5 + LATER_WAIT_MS));
         assert_eq!(out.iter().map(acks).collect::<Vec<_>>(), vec![2], "one datagram, both acks: {out:?}");
-        assert!(sent(n.tick(5 + LATER_WAIT_MS + 1)).iter().all(|m| acks(m) == 0), "sent once");
+        assert!(datagrams(n.tick(5 + LATER_WAIT_MS + 1)).is_empty(), "sent once");
         // Waiting acknowledgements ride ahead of the next message to their server.
         from(&mut n, 30, 1, unhurried(1, 5));
-        let out = from(&mut n, 31, 1, claim(1, 1));
-        assert_eq!(out.len(), 1, "{out:?}");
-        match &out[0] {
-            Msg::Batch { from: 2, msgs } => {
-                assert!(matches!(msgs[0], Msg::DoneAck { round: DECIDED, .. }), "{msgs:?}");
-                assert!(matches!(msgs[1], Msg::ClaimAck { .. }), "{msgs:?}");
+        let out = datagrams(n.step(31, Input::Message { from: Peer::Server(1), msg: claim(1, 1) }));
+        match &out[..] {
+            [Msg::Batch { from: 2, msgs }] => {
+                assert!(matches!(msgs[..], [Msg::DoneAck { round: DECIDED, .. }, Msg::ClaimAck { .. }]), "{msgs:?}");
             }
             other => panic!("expected the ack to ride with the vote: {other:?}"),
         }
-        assert!(sent(n.tick(31 + LATER_WAIT_MS)).iter().all(|m| acks(m) == 0), "nothing left to send");
+        assert!(datagrams(n.tick(31 + LATER_WAIT_MS)).is_empty(), "nothing left to send");
         // A batch inside a batch, and a message naming another sender than the batch's, are dropped.
         let nested =
             Msg::Batch { from: 1, msgs: vec![Msg::Batch { from: 1, msgs: vec![unhurried(1, 3)] }, unhurried(3, 4)] };
@@ -1797,6 +1826,47 @@ mod tests {
         assert_eq!(to, vec![Peer::Server(2)]);
         let again = sent(n.tick(3 + 40));
         assert_eq!(proposals(&again).len(), 2, "retransmitted to both: {again:?}");
+    }
+
+    #[test]
+    fn a_claim_reaches_the_other_voters_later_and_not_at_all_once_decided() {
+        let claim_to = |outs: &[Output]| -> Vec<ServerId> {
+            let mut to: Vec<ServerId> = outs
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Send { to: Peer::Server(s), msg } => Some((*s, msg)),
+                    _ => None,
+                })
+                .filter(|(_, m)| match m {
+                    Msg::Batch { msgs, .. } => msgs.iter().any(|m| matches!(m, Msg::Claim { .. })),
+                    m => matches!(m, Msg::Claim { .. }),
+                })
+                .map(|(s, _)| s)
+                .collect();
+            to.sort_unstable();
+            to
+        };
+        let request = Msg::Request { rid: rid(), op: register() };
+        let mut n = node(1);
+        let outs = n.step(2, Input::Message { from: Peer::Client(client()), msg: request.clone() });
+        assert_eq!(claim_to(&outs), vec![2], "at once to the first responder only: {outs:?}");
+        assert_eq!(claim_to(&n.tick(2 + LATER_WAIT_MS)), vec![3], "the other voter gets it after a while");
+        // Decided before it left: server 3 hears the decision, never the claim.
+        let mut n = node(1);
+        n.step(2, Input::Message { from: Peer::Client(client()), msg: request });
+        let mut outs = n.step(3, Input::Message { from: Peer::Server(2), msg: grant(2, 1) });
+        let accepted = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
+        outs.extend(n.step(4, Input::Message { from: Peer::Server(2), msg: accepted }));
+        outs.extend(n.tick(4 + LATER_WAIT_MS));
+        assert!(claim_to(&outs).is_empty(), "{outs:?}");
+        let to_3: Vec<&Msg> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to: Peer::Server(3), msg } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(to_3[..], [Msg::Done { round: DECIDED, .. }]), "server 3 gets only the decision: {to_3:?}");
     }
 
     #[test]
