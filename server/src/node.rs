@@ -561,8 +561,8 @@ impl Node {
 
     /// Sends `msg` to server `to` when convenient: with the next message that goes there, or
     /// after `LATER_WAIT_MS` in one `Batch` with the others waiting. For messages nobody waits
-    /// on (the announcement of a decision that wrote nothing, and its acknowledgement), so
-    /// that they seldom cost a datagram of their own.
+    /// on (the announcement of a decision that wrote nothing, its acknowledgement, a claim to a
+    /// voter that is not a first responder), so that they seldom cost a datagram of their own.
     fn send_later(&mut self, now: u64, to: ServerId, msg: Msg) {
         let (_, waiting) = self.later.entry(to).or_insert_with(|| (now, Vec::new()));
         waiting.push(msg);
@@ -1159,8 +1159,8 @@ impl Node {
         let unhurried = replied && small(&proposal.reply);
         self.set_state(now, rid, State::Deciding { proposal, acks: BTreeSet::new(), since: now, last: now, replied });
         if unhurried {
-            // The client has its reply and nothing was written: the others learn it with the
-            // next tick, many decisions to a datagram.
+            // The client has its reply and nothing was written: the others learn it when
+            // convenient (riding along, or many decisions to a datagram after a while).
             for to in self.table.voters() {
                 self.send_later(now, to, decided.clone());
             }
