@@ -486,3 +486,40 @@ pub fn status_table(node: &Node, now: u64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::protocol::{Reply, RequestId};
+
+    #[test]
+    fn a_batch_too_large_for_a_datagram_goes_message_by_message() {
+        let to = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let from = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let key = common::crypto::random_key();
+        let shell = Shell {
+            who: "test".into(),
+            client_sock: from.try_clone().unwrap(),
+            peer_sock: from,
+            peer_addrs: HashMap::from([(2, to.local_addr().unwrap())]),
+            key,
+        };
+        // Three decided replies of 30 KB of error text each: together over one datagram.
+        let msgs: Vec<Msg> = (0..3)
+            .map(|seq| {
+                let rid = RequestId { client: 1, seq };
+                let reply = Reply { rid, server: 1, result: Err("x".repeat(30_000)) };
+                Msg::Done { rid, by: 1, round: 7, reply, records: vec![] }
+            })
+            .collect();
+        shell.send(Datagram::Server(2, Msg::Batch { from: 1, msgs }));
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        for seq in 0..3 {
+            let (n, _) = to.recv_from(&mut buf).unwrap();
+            let (frame, authenticated) = decode_at_server(&buf[..n], &key, auth::wall_ms(), 60_000).unwrap();
+            assert!(authenticated);
+            assert!(matches!(frame, Frame::Ctl(Msg::Done { rid, .. }) if rid.seq == seq), "{frame:?}");
+        }
+    }
+}
