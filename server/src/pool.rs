@@ -10,13 +10,13 @@ use std::sync::Arc;
 /// A unit of work.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Nice value of the worker threads: the lowest priority there is.
+/// Nice value of the worker threads (and of the timer thread): the lowest priority there is.
 pub const WORKER_NICE: i32 = 19;
 
 /// Lowers the calling thread's priority to `nice`; false if the system refused. On Linux the
 /// nice value belongs to the thread (`setpriority(2)`, "BUGS").
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) -> bool {
+pub fn lower_priority(nice: i32) -> bool {
     // SAFETY: setpriority takes plain integers and touches no memory of ours; `who` = 0 is the
     // calling thread.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
@@ -24,7 +24,7 @@ fn lower_priority(nice: i32) -> bool {
 
 /// Elsewhere the nice value belongs to the whole process, receive threads included: leave it.
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) -> bool {
+pub fn lower_priority(_nice: i32) -> bool {
     false
 }
 
