@@ -44,7 +44,7 @@ fn valid_samples() -> Vec<Vec<u8>> {
             rid,
             op: Op::Encrypt { owner: "victor".into(), auth: Auth { ts: 1, tag: "00".repeat(32) }, len: 50 },
         }),
-        encode_msg(&Msg::Load { from: 1, load: 5, work: 0, digest: 0, epoch: 3, token: false }),
+        encode_msg(&Msg::Load { from: 1, load: 5, work: 0, digest: 0, epoch: 3, token: false, ready: true }),
         encode_server(&someone_elses_key, common::auth::wall_ms(), &Msg::Token { from: 1, to: 2, round: 7 }),
         encode_msg(&Msg::Peer(env(rights))),
         encode_msg(&Msg::Peer(env(deliver))),

@@ -552,6 +552,13 @@ impl Cloud {
                     }
                 }
             }
+            // The server that runs it is still at work: not a silence to give up on.
+            Msg::Working { rid: r, server }
+                if r == rid && self.servers.iter().any(|(id, a)| *id == server && *a == from) =>
+            {
+                self.req.extend(rid, now);
+                self.transfers.touch(now, transfer_id(rid, 1));
+            }
             Msg::Accepted { rid: r, server, transfer, inline } if r == rid => {
                 if uploading.map(|(s, _)| s) == Some(server) {
                     return Ok(());

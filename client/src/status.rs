@@ -130,6 +130,7 @@ mod tests {
             rss_kb: 0,
             recent_wins: 1,
             next_winner: Some(winner),
+            elections: vec![],
         }
     }
 

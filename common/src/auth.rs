@@ -82,7 +82,15 @@ pub fn encode_server(key: &Key, now_ms: u64, msg: &Msg) -> Vec<u8> {
 
 /// True for messages only servers may send to each other (they must come authenticated).
 pub fn is_server_msg(msg: &Msg) -> bool {
-    !matches!(msg, Msg::Request { .. } | Msg::Reply(_) | Msg::Accepted { .. } | Msg::Peer(_) | Msg::PeerAck { .. })
+    !matches!(
+        msg,
+        Msg::Request { .. }
+            | Msg::Reply(_)
+            | Msg::Accepted { .. }
+            | Msg::Working { .. }
+            | Msg::Peer(_)
+            | Msg::PeerAck { .. }
+    )
 }
 
 /// Decodes a datagram that arrived at a server: an authenticated frame must carry a valid tag

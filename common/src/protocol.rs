@@ -304,7 +304,38 @@ pub struct ServerStatus {
     /// The server that would win a request arriving now, in its view (None: no live server).
     #[serde(default)]
     pub next_winner: Option<ServerId>,
+    /// How it ranked the newest requests it received (at most [`ELECTIONS_KEPT`], oldest first;
+    /// status probes are not elected and not listed).
+    #[serde(default)]
+    pub elections: Vec<Election>,
 }
+
+/// How often a server working on a client's request tells the client so ([`Msg::Working`]), ms.
+pub const WORKING_PING_MS: u64 = 1000;
+
+fn yes() -> bool {
+    true
+}
+
+/// How one server ranked one request when it arrived: the load table it ranked with (its view
+/// of every server: announced load, live) and the resulting order, winner first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Election {
+    /// The request.
+    pub rid: RequestId,
+    /// Its operation's kind (`encrypt`, `list`, ...).
+    pub kind: String,
+    /// When it arrived, in ms of the server's own clock (since it started).
+    #[serde(default)]
+    pub at: u64,
+    /// The table it was ranked with.
+    pub table: Vec<PeerView>,
+    /// Live servers, the winner first, then the takeover order.
+    pub ranking: Vec<ServerId>,
+}
+
+/// Elections a server keeps for its `status` answer (the newest).
+pub const ELECTIONS_KEPT: usize = 32;
 
 /// The window of [`ServerStatus::recent_wins`], in seconds.
 pub const RECENT_SECS: u64 = 10;
@@ -367,10 +398,37 @@ pub enum Msg {
         inline: bool,
     },
     /// Server → servers: my load (999 = going down), queued + in-flight work, directory digest,
-    /// process epoch (changes on restart), whether I hold the failure-simulation token.
-    Load { from: ServerId, load: u32, work: u32, digest: u64, epoch: u64, token: bool },
+    /// process epoch (changes on restart), whether I hold the failure-simulation token, and
+    /// whether I take requests yet (a server that just started does not until it has heard the
+    /// others: it is left out of the ranking meanwhile, so nobody waits for its claim).
+    Load {
+        from: ServerId,
+        load: u32,
+        work: u32,
+        digest: u64,
+        epoch: u64,
+        token: bool,
+        #[serde(default = "yes")]
+        ready: bool,
+    },
+    /// Winning server → client, every [`WORKING_PING_MS`] while it works on `rid` (hiding a
+    /// large image can take long on a busy machine): the client keeps waiting for the result
+    /// instead of taking the silence for a dead server.
+    Working { rid: RequestId, server: ServerId },
     /// Server → servers: I claim `rid` in round `round` (carries the request for takeovers).
-    Claim { rid: RequestId, by: ServerId, round: u32, op: Op, reply_to: SocketAddr },
+    ///
+    /// `first`: the claimer was first in the ranking it made when the request arrived (not a
+    /// claim made on a later re-ranking or after a timeout). Two claims of one round are
+    /// settled in favour of a `first` one, then of the lower id.
+    Claim {
+        rid: RequestId,
+        by: ServerId,
+        round: u32,
+        op: Op,
+        reply_to: SocketAddr,
+        #[serde(default)]
+        first: bool,
+    },
     /// Server → claimer: a vote. Refused votes name the holder and its round, whether the
     /// holder is already executing (`firm`), and the reply if the request is already done.
     ClaimAck {
@@ -647,8 +705,16 @@ mod tests {
         let msgs = vec![
             Msg::Request { rid: rid(), op: Op::Register { name: "alice".into() } },
             Msg::Reply(Reply { rid: rid(), server: 2, result: Err("no".into()) }),
-            Msg::Load { from: 1, load: 999, work: 0, digest: 5, epoch: 9, token: false },
-            Msg::Claim { rid: rid(), by: 1, round: 1, op: Op::ListOnline, reply_to: "127.0.0.1:9".parse().unwrap() },
+            Msg::Load { from: 1, load: 999, work: 0, digest: 5, epoch: 9, token: false, ready: true },
+            Msg::Working { rid: rid(), server: 2 },
+            Msg::Claim {
+                rid: rid(),
+                by: 1,
+                round: 1,
+                op: Op::ListOnline,
+                reply_to: "127.0.0.1:9".parse().unwrap(),
+                first: true,
+            },
         ];
         for m in msgs {
             assert_eq!(decode(&encode_msg(&m)), Ok(Frame::Ctl(m)));

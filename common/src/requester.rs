@@ -100,6 +100,15 @@ impl Requester {
         self.outstanding.contains_key(&rid)
     }
 
+    /// A server said it is working on `rid`: its timeout counts from `now` again (slow work on
+    /// a busy machine is not a lost request), and it is not resent before the retry interval.
+    pub fn extend(&mut self, rid: RequestId, now: u64) {
+        if let Some(o) = self.outstanding.get_mut(&rid) {
+            o.started = o.started.max(now);
+            o.last_sent = o.last_sent.max(now);
+        }
+    }
+
     /// Gives up on `rid` (counted as timed out); a late answer counts as a duplicate.
     pub fn abandon(&mut self, rid: RequestId) {
         if self.outstanding.remove(&rid).is_some() {

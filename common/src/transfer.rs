@@ -1394,6 +1394,22 @@ impl<A: Copy + Eq + Hash + fmt::Debug> Transfers<A> {
         found
     }
 
+    /// The application heard from the other end of transfer `id` by another way (for example
+    /// that the sender is still working on the payload): its silence timer starts again.
+    /// False if unknown.
+    pub fn touch(&mut self, now: u64, id: TransferId) -> bool {
+        let mut found = false;
+        if let Some(o) = self.out.get_mut(&id) {
+            o.last_heard = o.last_heard.max(now);
+            found = true;
+        }
+        if let Some(i) = self.inc.get_mut(&id) {
+            i.last_heard = i.last_heard.max(now);
+            found = true;
+        }
+        found
+    }
+
     /// Outgoing transfers still running.
     pub fn outgoing_count(&self) -> usize {
         self.out.len()

@@ -2,12 +2,20 @@
 //! of servers for one request (the winner first, then the order of takeover).
 //!
 //! Effective load of a server = the load it last announced (CPU part + [`WORK_WEIGHT`] × its
-//! queued and in-flight requests). Only announcements count, so every server ranks a request
-//! the same way; a busy server's announced queue moves the next requests elsewhere, and a server
-//! whose queue grows announces early (see the node), so a burst spreads within milliseconds.
+//! queued and in-flight requests); a busy server's announced queue moves the next requests
+//! elsewhere, and a server whose queue grows announces early (see the node), so a burst spreads
+//! within milliseconds.
+//!
+//! A ranking is a pure function of the load table ([`LoadTable::snapshot`]: every server's
+//! announced figure and whether it counts as live) and the request id ([`rank`]); a server's
+//! own entry holds exactly the figure it announced, and nothing local (claims seen, work
+//! started) enters it. So two servers whose tables agree rank a request the same way, by
+//! construction. Tables can disagree for a moment — an announcement reaches the servers at
+//! slightly different times, or one server suspects another — and then two servers may both
+//! claim, or both wait; Paxos keeps that safe and the node's re-ranking keeps it short.
 
 use common::config::ServerId;
-use common::protocol::RequestId;
+use common::protocol::{PeerView, RequestId};
 use std::collections::BTreeMap;
 
 /// The load that means "failed or going down"; it never wins.
@@ -55,6 +63,8 @@ struct Entry {
     last_heard: Option<u64>,
     suspect: bool,
     epoch: u64,
+    /// It said it takes requests (a server that just started does not until it heard the others).
+    ready: bool,
 }
 
 /// One server's view of every server's load and liveness.
@@ -95,9 +105,10 @@ impl LoadTable {
     }
 
     /// Applies a load announcement; returns true if `from` just came back (was not live).
-    pub fn on_load(&mut self, now: u64, from: ServerId, load: u32, work: u32) -> bool {
+    pub fn on_load(&mut self, now: u64, from: ServerId, load: u32, work: u32, ready: bool) -> bool {
         let was_live = self.is_live(now, from);
         if let Some(e) = self.entries.get_mut(&from) {
+            e.ready = ready;
             e.failed = load >= FAILED;
             e.announced = load;
             e.base = load.saturating_sub(work.saturating_mul(WORK_WEIGHT));
@@ -194,20 +205,23 @@ impl LoadTable {
         }
     }
 
+    /// The table a request is ranked with: every server's announced load ([`FAILED`] when not
+    /// live) and whether it can win (live, and ready to take requests; this server counts as
+    /// ready: a node that is not ranks nothing).
+    pub fn snapshot(&self, now: u64) -> Vec<PeerView> {
+        self.entries
+            .iter()
+            .map(|(&id, e)| PeerView {
+                id,
+                load: self.effective(now, id),
+                live: self.is_live(now, id) && (id == self.me || e.ready),
+            })
+            .collect()
+    }
+
     /// Live servers for `rid`, the winner first, then the takeover order.
     pub fn ranking(&self, now: u64, rid: RequestId) -> Vec<ServerId> {
-        let mut live: Vec<ServerId> = self.ids().filter(|&id| self.is_live(now, id)).collect();
-        match self.policy {
-            Policy::LeastLoad => live.sort_by_key(|&id| (self.effective(now, id), id)),
-            Policy::Single => {}
-            Policy::RoundRobin => {
-                if !live.is_empty() {
-                    let k = (rid.seq.wrapping_add(rid.client) % live.len() as u64) as usize;
-                    live.rotate_left(k);
-                }
-            }
-        }
-        live
+        rank(&self.snapshot(now), self.policy, rid)
     }
 
     /// Servers that count for a majority: all but those that announced 999 (they execute
@@ -232,6 +246,24 @@ impl LoadTable {
     }
 }
 
+/// The ranking of `rid` from a load table: the servers that can win, the winner first, then
+/// the takeover order. Least load: by (load, id). Nothing but the table and the request enters.
+pub fn rank(table: &[PeerView], policy: Policy, rid: RequestId) -> Vec<ServerId> {
+    let mut live: Vec<&PeerView> = table.iter().filter(|p| p.live).collect();
+    live.sort_by_key(|p| p.id);
+    match policy {
+        Policy::LeastLoad => live.sort_by_key(|p| (p.load, p.id)),
+        Policy::Single => {}
+        Policy::RoundRobin => {
+            if !live.is_empty() {
+                let k = (rid.seq.wrapping_add(rid.client) % live.len() as u64) as usize;
+                live.rotate_left(k);
+            }
+        }
+    }
+    live.into_iter().map(|p| p.id).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,10 +276,10 @@ mod tests {
     fn least_load_wins_ties_to_lowest_and_999_never_wins() {
         let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         t.set_mine(0, 50, 0);
-        t.on_load(0, 2, 20, 0);
-        t.on_load(0, 3, 20, 0);
+        t.on_load(0, 2, 20, 0, true);
+        t.on_load(0, 3, 20, 0, true);
         assert_eq!(t.ranking(0, rid(1)), vec![2, 3, 1]);
-        t.on_load(1, 2, FAILED, 0);
+        t.on_load(1, 2, FAILED, 0, true);
         assert_eq!(t.ranking(1, rid(1)), vec![3, 1]);
         assert_eq!(t.effective(1, 2), FAILED);
     }
@@ -256,19 +288,19 @@ mod tests {
     fn silence_means_failed_and_return_is_reported() {
         let mut t = LoadTable::new(1, &[1, 2], 3000, Policy::LeastLoad);
         assert!(!t.is_live(0, 2), "unheard servers are not live");
-        assert!(t.on_load(0, 2, 5, 0), "first announcement is a return");
+        assert!(t.on_load(0, 2, 5, 0, true), "first announcement is a return");
         assert!(t.is_live(3000, 2));
         assert!(!t.is_live(3001, 2));
-        assert!(t.on_load(4000, 2, 5, 0));
-        assert!(!t.on_load(4001, 2, 5, 0));
+        assert!(t.on_load(4000, 2, 5, 0, true));
+        assert!(!t.on_load(4001, 2, 5, 0, true));
     }
 
     #[test]
     fn ranking_follows_announcements_not_claims_seen() {
         let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         t.set_mine(0, 0, 0);
-        t.on_load(0, 2, 0, 0);
-        t.on_load(0, 3, 0, 0);
+        t.on_load(0, 2, 0, 0, true);
+        t.on_load(0, 3, 0, 0, true);
         t.add_work(1);
         t.add_work(1);
         assert_eq!(t.ranking(0, rid(1))[0], 1, "claims seen locally do not move the ranking");
@@ -280,23 +312,55 @@ mod tests {
     fn quorum_ignores_announced_failures_but_not_silence() {
         let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         assert_eq!(t.quorum(), 2, "silent servers still count");
-        t.on_load(0, 2, FAILED, 0);
+        t.on_load(0, 2, FAILED, 0, true);
         assert_eq!(t.quorum_base(), 2);
         assert_eq!(t.voters(), vec![3]);
-        t.on_load(0, 3, FAILED, 0);
+        t.on_load(0, 3, FAILED, 0, true);
         assert_eq!(t.quorum(), 1, "alone after the others shut down cleanly");
     }
 
     #[test]
     fn suspect_until_heard() {
         let mut t = LoadTable::new(1, &[1, 2], 3000, Policy::LeastLoad);
-        t.on_load(0, 2, 0, 0);
+        t.on_load(0, 2, 0, 0, true);
         t.suspect(2);
         assert!(!t.is_live(1, 2));
         t.heard(2, 2);
         assert!(t.is_live(2, 2));
         assert!(t.heard_since(2, 2) && !t.heard_since(2, 3));
         assert!(!t.heard_since(3, 0), "unknown servers were never heard");
+    }
+
+    #[test]
+    fn a_server_not_ready_is_left_out_of_the_ranking_but_not_of_the_quorum() {
+        let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
+        t.set_mine(0, 50, 0);
+        t.on_load(0, 2, 0, 0, false);
+        t.on_load(0, 3, 20, 0, true);
+        assert_eq!(t.ranking(0, rid(1)), vec![3, 1]);
+        assert_eq!(t.quorum(), 2);
+        assert!(t.is_live(0, 2));
+        t.on_load(1, 2, 0, 0, true);
+        assert_eq!(t.ranking(1, rid(1)), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn equal_tables_give_equal_rankings() {
+        // Two servers' views of the same announcements: each holds its own figure as announced.
+        let mut a = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
+        let mut b = LoadTable::new(2, &[1, 2, 3], 3000, Policy::LeastLoad);
+        a.set_mine(0, 10, 1);
+        b.on_load(0, 1, 10, 1, true);
+        b.set_mine(0, 4, 0);
+        a.on_load(0, 2, 4, 0, true);
+        for t in [&mut a, &mut b] {
+            t.on_load(0, 3, 4, 0, true);
+        }
+        a.add_work(1);
+        b.add_work(3);
+        assert_eq!(a.snapshot(0), b.snapshot(0), "work seen locally is not in the table");
+        assert_eq!(a.ranking(0, rid(5)), b.ranking(0, rid(5)));
+        assert_eq!(a.ranking(0, rid(5)), vec![2, 3, 1]);
     }
 
     #[test]

@@ -53,7 +53,9 @@ use crate::failure::{FailureSim, SimAction};
 use crate::service;
 use common::config::{ClusterConfig, ServerId};
 use common::crypto::{Key, KeyGen, Purpose};
-use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, ServerStatus, UserRecord, RECENT_SECS};
+use common::protocol::{
+    Answer, Election, Msg, Op, PeerView, Reply, RequestId, ServerStatus, UserRecord, ELECTIONS_KEPT, RECENT_SECS,
+};
 use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -61,8 +63,10 @@ use std::net::SocketAddr;
 /// The round of a `Done` that announces a decision instead of proposing a value.
 pub const DECIDED: u32 = u32::MAX;
 
-/// A waiting request is ranked again with the current load table after this long, ms.
-pub const RERANK_AFTER_MS: u64 = 20;
+/// A waiting request is ranked again with the current load table this long after a claim's
+/// first retransmission would have reached it, ms: a server whose copy of the winner's claim
+/// was lost hears the retransmission first, instead of contesting the claim on newer figures.
+pub const RERANK_MARGIN_MS: u64 = 20;
 
 /// A first responder (see `responders`) counts only if heard from this recently, ms: a server
 /// that went quiet is skipped, so a voter behind it answers at once instead of after a
@@ -81,6 +85,27 @@ pub const LATER_WAIT_MS: u64 = 10;
 pub const EARLY_ANNOUNCE_WORK: u32 = 3;
 /// Shortest time between two early announcements, ms.
 pub const EARLY_ANNOUNCE_MS: u64 = 50;
+
+/// A claim of a request, as the votes weigh it: who, in which round, and whether the claimer
+/// was first in the ranking it made when the request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimer {
+    /// The claiming server.
+    pub by: ServerId,
+    /// Its round.
+    pub round: u32,
+    /// It claims as the winner of its arrival ranking, not on a re-ranking or a timeout.
+    pub first: bool,
+}
+
+impl Claimer {
+    /// Does this claim win against `other`, a claim of the same round? A claim made as the
+    /// arrival ranking's winner beats one made on a re-ranking (whose newer figures the others
+    /// may not hold yet), then the lower id wins.
+    fn beats(&self, other: &Claimer) -> bool {
+        (self.first, std::cmp::Reverse(self.by)) > (other.first, std::cmp::Reverse(other.by))
+    }
+}
 
 /// Who a message comes from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,6 +241,8 @@ enum State {
     /// proposal of the highest round reported (ours included), which we must propose.
     Claiming {
         round: u32,
+        /// We were first in the ranking the request got here (see [`Claimer::first`]).
+        first: bool,
         votes: BTreeSet<ServerId>,
         answered: BTreeSet<ServerId>,
         best: Option<Proposal>,
@@ -260,6 +287,9 @@ struct Entry {
     /// When the request was seen or last went back to the election (takeover timers).
     seen: u64,
     rank: Vec<ServerId>,
+    /// This server's own announced load when it ranked the request (see the re-ranking in
+    /// `tick_entry`).
+    own_load: u32,
     state: State,
     /// Who is counted as working on it, for the outstanding-work figures.
     holder: Option<ServerId>,
@@ -278,6 +308,7 @@ impl Entry {
             reply_to,
             seen: now,
             rank,
+            own_load: 0,
             state: State::Waiting,
             holder: None,
             max_round: 0,
@@ -319,6 +350,10 @@ pub struct Node {
     recent: VecDeque<(u64, u64)>,
     /// Requests executed here, in order (only with `record_executions`).
     pub executions: Vec<RequestId>,
+    /// How the newest client requests were ranked on arrival (for `status`).
+    elections: VecDeque<Election>,
+    /// Every ranking on arrival, in order (only with `record_executions`).
+    pub election_log: Vec<Election>,
 }
 
 impl Node {
@@ -359,6 +394,8 @@ impl Node {
             handled_by_kind: BTreeMap::new(),
             recent: VecDeque::new(),
             executions: Vec::new(),
+            elections: VecDeque::new(),
+            election_log: Vec::new(),
         };
         node.restore_votes(now);
         node
@@ -426,11 +463,7 @@ impl Node {
         ServerStatus {
             id: self.cfg.id,
             down: self.is_down(),
-            peers: self
-                .table
-                .ids()
-                .map(|id| PeerView { id, load: self.table.effective(now, id), live: self.table.is_live(now, id) })
-                .collect(),
+            peers: self.table.snapshot(now),
             handled: self.handled,
             handled_by_kind: self.handled_by_kind.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             users: self.dir.len(),
@@ -439,6 +472,31 @@ impl Node {
             rss_kb: self.rss_kb,
             recent_wins: self.recent_wins(now),
             next_winner: self.table.ranking(now, RequestId { client: 0, seq: 0 }).first().copied(),
+            elections: self.elections.iter().cloned().collect(),
+        }
+    }
+
+    /// Records how a client's request was ranked on arrival (of the client's copy, or of a
+    /// claim that came first).
+    fn record_election(&mut self, now: u64, rid: RequestId, op: &Op, table: Vec<PeerView>, ranking: &[ServerId]) {
+        let e = Election { rid, kind: op.kind().to_string(), at: now, table, ranking: ranking.to_vec() };
+        if self.cfg.record_executions {
+            self.election_log.push(e.clone());
+        }
+        if self.elections.len() >= ELECTIONS_KEPT {
+            self.elections.pop_front();
+        }
+        self.elections.push_back(e);
+    }
+
+    /// Startup is over (every server heard, or the failure timeout passed): take requests, and
+    /// say so at once, so the others rank this server again.
+    fn become_ready(&mut self, now: u64) {
+        if !self.ready {
+            self.ready = true;
+            if !self.is_down() {
+                self.announce(now);
+            }
         }
     }
 
@@ -512,7 +570,7 @@ impl Node {
             return std::mem::take(&mut self.out);
         }
         if !self.ready && now >= self.started + self.cfg.failure_timeout {
-            self.ready = true;
+            self.become_ready(now);
         }
         let active: Vec<RequestId> = self.active.iter().copied().collect();
         for rid in active {
@@ -596,6 +654,7 @@ impl Node {
             digest: self.dir.digest(),
             epoch: self.epoch,
             token: self.failure.holds_token(),
+            ready: self.ready,
         };
         let others: Vec<ServerId> = self.table.others().collect();
         self.multicast(others, &msg);
@@ -659,7 +718,7 @@ impl Node {
                 self.table.heard(now, s);
                 self.heard_since_start.insert(s);
                 if !self.ready && self.table.others().all(|o| self.heard_since_start.contains(&o)) {
-                    self.ready = true;
+                    self.become_ready(now);
                 }
                 match msg {
                     Msg::Batch { msgs, .. } => {
@@ -690,9 +749,9 @@ impl Node {
 
     fn on_server_message(&mut self, now: u64, s: ServerId, msg: Msg) {
         match msg {
-            Msg::Load { load, work, digest, epoch, token, .. } => {
+            Msg::Load { load, work, digest, epoch, token, ready, .. } => {
                 let restarted = self.table.set_epoch(s, epoch);
-                let came_back = self.table.on_load(now, s, load, work);
+                let came_back = self.table.on_load(now, s, load, work, ready);
                 self.failure.on_load(now, token);
                 if restarted {
                     self.log(format!("server {s} restarted: taking back what it held"));
@@ -716,7 +775,9 @@ impl Node {
                     self.release_held_by(now, s);
                 }
             }
-            Msg::Claim { rid, by, round, op, reply_to } => self.on_claim(now, rid, by, round, op, reply_to),
+            Msg::Claim { rid, by, round, op, reply_to, first } => {
+                self.on_claim(now, rid, Claimer { by, round, first }, op, reply_to)
+            }
             Msg::ClaimAck { rid, from, granted, holder, round, firm, reply, record } => {
                 let ack = Ack { from, granted, holder, round, firm, reply, record };
                 self.on_claim_ack(now, rid, ack)
@@ -779,9 +840,13 @@ impl Node {
         if !self.ready {
             return;
         }
-        let rank = self.table.ranking(now, rid);
+        let table = self.table.snapshot(now);
+        let rank = crate::election::rank(&table, self.cfg.policy, rid);
+        self.record_election(now, rid, &op, table, &rank);
         let mine = rank.first() == Some(&self.cfg.id);
-        self.requests.insert(rid, Box::new(Entry::new(Some(op), Some(addr), now, rank)));
+        let mut e = Entry::new(Some(op), Some(addr), now, rank);
+        e.own_load = self.table.effective(now, self.cfg.id);
+        self.requests.insert(rid, Box::new(e));
         self.active.insert(rid);
         if mine {
             self.start_claim(now, rid);
@@ -854,8 +919,16 @@ impl Node {
         e.vote.round = round;
         e.vote.holder = me;
         let best = e.vote.accepted.clone();
-        let state =
-            State::Claiming { round, votes: BTreeSet::new(), answered: BTreeSet::new(), best, since: now, last: now };
+        let first = e.rank.first() == Some(&me);
+        let state = State::Claiming {
+            round,
+            first,
+            votes: BTreeSet::new(),
+            answered: BTreeSet::new(),
+            best,
+            since: now,
+            last: now,
+        };
         self.set_state(now, rid, state);
         if self.table.quorum() <= 1 {
             self.on_quorum(now, rid);
@@ -864,7 +937,7 @@ impl Node {
         // The first responders get the claim at once; the other voters when convenient (it
         // rides with the next message to them, or goes after `LATER_WAIT_MS`), and not at all
         // if the request is decided before: then the decision is all they need to hear.
-        let claim = Msg::Claim { rid, by: me, round, op, reply_to };
+        let claim = Msg::Claim { rid, by: me, round, op, reply_to, first };
         let first = self.responders(now, me);
         let enough = first.len() + 1 >= self.table.quorum();
         for to in self.table.voters() {
@@ -892,8 +965,9 @@ impl Node {
     }
 
     /// What this server answers to a claim of `rid` by `by` in `round`, updating its vote.
-    fn vote(&mut self, now: u64, rid: RequestId, by: ServerId, round: u32) -> Msg {
+    fn vote(&mut self, now: u64, rid: RequestId, claimer: Claimer) -> Msg {
         let me = self.cfg.id;
+        let Claimer { by, round, .. } = claimer;
         let refuse = |holder: Option<ServerId>, round: u32, firm: bool, reply: Option<Reply>, record| Msg::ClaimAck {
             rid,
             from: me,
@@ -912,7 +986,9 @@ impl Node {
         let grant = match &e.state {
             State::Executing { round: r } => return refuse(Some(me), *r, true, None, None),
             State::Accepting { proposal, .. } => return refuse(Some(me), proposal.round, true, None, None),
-            State::Claiming { round: r, .. } => round > *r || (round == *r && by < me),
+            State::Claiming { round: r, first, .. } => {
+                round > *r || (round == *r && claimer.beats(&Claimer { by: me, round: *r, first: *first }))
+            }
             _ => round > e.vote.round || (round == e.vote.round && by == e.vote.holder),
         };
         if !grant {
@@ -947,14 +1023,20 @@ impl Node {
         ack
     }
 
-    fn on_claim(&mut self, now: u64, rid: RequestId, by: ServerId, round: u32, op: Op, reply_to: SocketAddr) {
+    fn on_claim(&mut self, now: u64, rid: RequestId, claimer: Claimer, op: Op, reply_to: SocketAddr) {
+        let Claimer { by, round, .. } = claimer;
         if round == 0 || round == DECIDED {
             self.log(format!("dropped claim of {rid} by server {by}: bad round {round}"));
             return;
         }
         if !self.requests.contains_key(&rid) {
-            let rank = self.table.ranking(now, rid);
-            self.requests.insert(rid, Box::new(Entry::new(Some(op), Some(reply_to), now, rank)));
+            // The request reaches us first by the claim: we rank it now, as on arrival.
+            let table = self.table.snapshot(now);
+            let rank = crate::election::rank(&table, self.cfg.policy, rid);
+            self.record_election(now, rid, &op, table, &rank);
+            let mut e = Entry::new(Some(op), Some(reply_to), now, rank);
+            e.own_load = self.table.effective(now, self.cfg.id);
+            self.requests.insert(rid, Box::new(e));
             self.active.insert(rid);
         } else if let Some(e) = self.requests.get_mut(&rid) {
             e.reply_to.get_or_insert(reply_to);
@@ -963,7 +1045,7 @@ impl Node {
             }
         }
         let repeat = self.requests.get(&rid).is_some_and(|e| e.vote.round == round && e.vote.holder == by);
-        let answer = self.vote(now, rid, by, round);
+        let answer = self.vote(now, rid, claimer);
         // A grant the claimer does not wait for stays unsent the first time (the promise is
         // kept all the same); a repeat of the claim is answered.
         let granted = matches!(answer, Msg::ClaimAck { granted: true, .. });
@@ -1011,8 +1093,8 @@ impl Node {
         if !ack.granted && ack.round < DECIDED {
             e.max_round = e.max_round.max(ack.round);
         }
-        let State::Claiming { round, votes, answered, best, .. } = &mut e.state else { return };
-        let round = *round;
+        let State::Claiming { round, votes, answered, best, first, .. } = &mut e.state else { return };
+        let (round, first) = (*round, *first);
         answered.insert(ack.from);
         if ack.granted {
             if ack.round != round {
@@ -1043,12 +1125,15 @@ impl Node {
         }
         let live = ack.holder.filter(|&h| h != me && self.table.is_live(now, h));
         match live {
-            // A higher round, or a lower id (or an executor) of our round: it goes first.
-            Some(h) if ack.round > round || (ack.round == round && (h < me || ack.firm)) => {
+            // A higher round, or an executor of our round, or a lower id of our round while we
+            // claim on a re-ranking: it goes first. (Claiming as our arrival ranking's winner,
+            // we keep claiming: the lower id yields when our claim reaches it, unless it claims
+            // as its own arrival winner, in which case we yield when its claim reaches us.)
+            Some(h) if ack.round > round || (ack.round == round && (ack.firm || (h < me && !first))) => {
                 self.set_state(now, rid, State::Following { holder: h, round: ack.round });
             }
-            // A lower round (it cannot commit past our promises) or a higher id of our round
-            // (it yields when our claim reaches it): keep claiming.
+            // A lower round (it cannot commit past our promises) or a claimer of our round that
+            // our claim beats (it yields when our claim reaches it): keep claiming.
             Some(_) => {}
             // Promised to a dead holder, or to a round of ours we no longer run: go higher.
             None if ack.round >= round => self.start_claim(now, rid),
@@ -1345,9 +1430,11 @@ impl Node {
 
     fn rewait(&mut self, now: u64, rid: RequestId) {
         let rank = self.table.ranking(now, rid);
+        let own_load = self.table.effective(now, self.cfg.id);
         if let Some(e) = self.requests.get_mut(&rid) {
             e.seen = now;
             e.rank = rank;
+            e.own_load = own_load;
         }
         self.set_state(now, rid, State::Waiting);
     }
@@ -1371,8 +1458,15 @@ impl Node {
                 }
                 // After a short grace, rank again: a load announcement that reached the servers
                 // at slightly different moments must not leave everyone waiting for another.
-                let live: Vec<ServerId> = if now >= e.seen + RERANK_AFTER_MS {
-                    self.table.ranking(now, rid)
+                // The others' figures are taken as they are now, but our own as it was when we
+                // ranked the request: a newer figure of ours has not reached the others yet,
+                // and claiming on it would contest a claim they agreed on.
+                let live: Vec<ServerId> = if now >= e.seen + self.cfg.retransmit + RERANK_MARGIN_MS {
+                    let mut table = self.table.snapshot(now);
+                    if let Some(p) = table.iter_mut().find(|p| p.id == me && p.live) {
+                        p.load = e.own_load;
+                    }
+                    crate::election::rank(&table, self.cfg.policy, rid)
                 } else {
                     e.rank.iter().copied().filter(|&s| self.table.is_live(now, s)).collect()
                 };
@@ -1388,7 +1482,7 @@ impl Node {
                     self.rewait(now, rid);
                 }
             }
-            State::Claiming { round, votes, answered, since, last, .. } => {
+            State::Claiming { round, votes, answered, since, last, first, .. } => {
                 if now >= since + self.cfg.claim_timeout {
                     // Whoever stayed silent since the claim began is suspected: it stops
                     // winning elections until heard from again.
@@ -1406,7 +1500,7 @@ impl Node {
                     if let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) {
                         let missing: Vec<ServerId> =
                             self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
-                        self.multicast(missing, &Msg::Claim { rid, by: me, round, op, reply_to });
+                        self.multicast(missing, &Msg::Claim { rid, by: me, round, op, reply_to, first });
                     }
                     self.touch(rid, now);
                 }
@@ -1529,6 +1623,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Request { .. } => "Request",
         Msg::Reply(_) => "Reply",
         Msg::Accepted { .. } => "Accepted",
+        Msg::Working { .. } => "Working",
         Msg::Load { .. } => "Load",
         Msg::Claim { .. } => "Claim",
         Msg::ClaimAck { .. } => "ClaimAck",
@@ -1570,7 +1665,8 @@ mod tests {
     fn node(id: ServerId) -> Node {
         let mut n = Node::new(cfg(id), 0, Directory::default(), Rng::new(id as u64));
         for s in [1, 2, 3].into_iter().filter(|&s| s != id) {
-            let load = Msg::Load { from: s, load: 0, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            let load =
+                Msg::Load { from: s, load: 0, work: 0, digest: 0, epoch: 10 + s as u64, token: false, ready: true };
             n.step(1, Input::Message { from: Peer::Server(s), msg: load });
         }
         n
@@ -1581,7 +1677,15 @@ mod tests {
         let mut n = node(1);
         for s in [2, 3] {
             // The others shut down cleanly: server 1 alone is the majority.
-            let load = Msg::Load { from: s, load: FAILED, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            let load = Msg::Load {
+                from: s,
+                load: FAILED,
+                work: 0,
+                digest: 0,
+                epoch: 10 + s as u64,
+                token: false,
+                ready: true,
+            };
             n.step(2, Input::Message { from: Peer::Server(s), msg: load });
         }
         let loads =
@@ -1621,7 +1725,15 @@ mod tests {
     fn forged_and_stale_requests_are_answered_with_an_error_and_never_executed() {
         let mut n = node(1);
         for s in [2, 3] {
-            let load = Msg::Load { from: s, load: FAILED, work: 0, digest: 0, epoch: 10 + s as u64, token: false };
+            let load = Msg::Load {
+                from: s,
+                load: FAILED,
+                work: 0,
+                digest: 0,
+                epoch: 10 + s as u64,
+                token: false,
+                ready: true,
+            };
             n.step(2, Input::Message { from: Peer::Server(s), msg: load });
         }
         let secret = known_user(&mut n);
@@ -1684,7 +1796,7 @@ mod tests {
     }
 
     fn claim(by: ServerId, round: u32) -> Msg {
-        Msg::Claim { rid: rid(), by, round, op: register(), reply_to: client() }
+        Msg::Claim { rid: rid(), by, round, op: register(), reply_to: client(), first: true }
     }
 
     fn grant(from: ServerId, round: u32) -> Msg {
@@ -1802,7 +1914,7 @@ mod tests {
     #[test]
     fn only_the_first_responders_answer_a_first_claim_and_get_the_proposal() {
         // Server 1 claims; with three servers its quorum needs one other vote: server 2's.
-        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client() };
+        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
         let mut n3 = node(3);
         assert!(from(&mut n3, 2, 1, claim.clone()).is_empty(), "server 3 grants silently the first time");
         let out = from(&mut n3, 3, 1, claim.clone());
@@ -1871,7 +1983,7 @@ mod tests {
 
     #[test]
     fn a_voter_answers_at_once_when_the_first_responder_went_quiet() {
-        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client() };
+        let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
         let mut n3 = node(3);
         // Server 2 was last heard at time 1: by time 200 it no longer counts as a first responder.
         let out = from(&mut n3, 200, 1, claim);
@@ -1966,7 +2078,7 @@ mod tests {
     #[test]
     fn only_servers_silent_since_the_claim_are_suspected() {
         let mut n = claiming_node();
-        let load = Msg::Load { from: 3, load: 0, work: 0, digest: 0, epoch: 13, token: false };
+        let load = Msg::Load { from: 3, load: 0, work: 0, digest: 0, epoch: 13, token: false, ready: true };
         from(&mut n, 100, 3, load);
         n.tick(2 + CLAIM_TIMEOUT);
         assert!(n.table.is_live(2 + CLAIM_TIMEOUT, 3), "server 3 spoke after the claim began");

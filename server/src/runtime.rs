@@ -282,9 +282,6 @@ pub fn run(opts: Options) -> Result<(), String> {
     std::thread::Builder::new()
         .name("tick".into())
         .spawn(move || {
-            // Timers work on a scale of 10 ms and more: they need not cut into a worker's slice
-            // 200 times a second.
-            crate::pool::lower_priority(crate::pool::WORKER_NICE);
             while tick_server.tick() {
                 std::thread::sleep(Duration::from_millis(TICK_MS));
             }

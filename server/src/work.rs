@@ -14,7 +14,7 @@ use crate::stash::{self, Stash};
 use common::auth::own_image_aad;
 use common::config::ServerId;
 use common::crypto::{self, Key};
-use common::protocol::{transfer_id, Answer, Msg, Op, RequestId};
+use common::protocol::{transfer_id, Answer, Msg, Op, RequestId, WORKING_PING_MS};
 use common::stego::{self, Covers};
 use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
 use std::collections::{HashMap, HashSet};
@@ -63,6 +63,8 @@ pub struct Services {
     results: Stash,
     /// Requests whose upload came attached: their client has not been told who runs them.
     unannounced: HashSet<RequestId>,
+    /// Requests being hidden on the pool: their client, and when it was last told so.
+    working: HashMap<RequestId, (SocketAddr, u64)>,
     chunk_size: usize,
     inputs: Vec<Input>,
 }
@@ -98,6 +100,7 @@ impl Services {
             stash: Stash::new(stash::UPLOADS),
             results: Stash::new(stash::RESULTS),
             unannounced: HashSet::new(),
+            working: HashMap::new(),
             chunk_size: transfer_config(&opts.cfg).chunk_size,
             inputs: Vec::new(),
         }
@@ -147,12 +150,12 @@ impl Services {
         self.outbox.push(Datagram::Client(to, msg.clone()));
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, now: u64) {
         while let Some((to, msg)) = self.transfers.poll_send() {
             self.outbox.push(Datagram::Xfer(to, msg));
         }
         while let Some(ev) = self.transfers.poll_event() {
-            self.on_event(ev);
+            self.on_event(now, ev);
         }
     }
 
@@ -179,7 +182,7 @@ impl Services {
             // It came with the request: no upload. The client only waits for the result, and
             // learns who sends it from the reply, or from `Accepted` before a long result.
             self.unannounced.insert(rid);
-            self.start_job(rid, client, owner, key, payload);
+            self.start_job(now, rid, client, owner, key, payload);
             return;
         }
         if let Err(e) = self.transfers.expect(now, upload, client, len as usize) {
@@ -188,7 +191,7 @@ impl Services {
         }
         self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload, inline: false });
         self.jobs.insert(upload, Job { rid, client, owner, key, last_accept: now, started: false });
-        self.flush();
+        self.flush(now);
     }
 
     /// A transfer datagram arrived from a client.
@@ -198,7 +201,7 @@ impl Services {
             job.started = true;
         }
         self.transfers.step(now, from, msg);
-        self.flush();
+        self.flush(now);
     }
 
     /// A peer acknowledged a relayed message.
@@ -212,6 +215,7 @@ impl Services {
 
     /// A worker finished hiding an image.
     pub fn on_worked(&mut self, now: u64, rid: RequestId, client: SocketAddr, result: Result<Vec<u8>, String>) {
+        self.working.remove(&rid);
         let unannounced = self.unannounced.remove(&rid);
         let result = match result {
             Ok(png) if unannounced && png.len() <= self.chunk_size => {
@@ -236,7 +240,7 @@ impl Services {
             Err(e) => Err(e),
         };
         self.inputs.push(Input::Executed { rid, result });
-        self.flush();
+        self.flush(now);
     }
 
     /// Timers: transfer retransmissions, resending `Accepted` until the upload starts.
@@ -244,7 +248,7 @@ impl Services {
         self.transfers.tick(now);
         self.stash.expire(now);
         self.results.expire(now);
-        let resend: Vec<(SocketAddr, Msg)> = self
+        let mut resend: Vec<(SocketAddr, Msg)> = self
             .jobs
             .iter_mut()
             .filter(|(_, j)| !j.started && now >= j.last_accept + ACCEPT_RESEND_MS)
@@ -253,6 +257,13 @@ impl Services {
                 (j.client, Msg::Accepted { rid: j.rid, server: self.id, transfer: id, inline: false })
             })
             .collect();
+        // A client waiting on slow work hears that it goes on (not a silence to give up on).
+        for (&rid, (client, last)) in self.working.iter_mut() {
+            if now >= *last + WORKING_PING_MS {
+                *last = now;
+                resend.push((*client, Msg::Working { rid, server: self.id }));
+            }
+        }
         for (to, msg) in resend {
             self.send_ctl(to, &msg);
         }
@@ -271,11 +282,12 @@ impl Services {
             let (to, msg) = (r.to, r.msg.clone());
             self.send_ctl(to, &msg);
         }
-        self.flush();
+        self.flush(now);
     }
 
     /// Hides `owner`'s uploaded image on the worker pool; the result comes back as `Worked`.
-    fn start_job(&mut self, rid: RequestId, client: SocketAddr, owner: String, key: Key, payload: Vec<u8>) {
+    fn start_job(&mut self, now: u64, rid: RequestId, client: SocketAddr, owner: String, key: Key, payload: Vec<u8>) {
+        self.working.insert(rid, (client, now));
         let (covers, sink, slow) = (self.covers.clone(), self.sink.clone(), self.slow_ms);
         self.pool.submit(Box::new(move || {
             if slow > 0 {
@@ -288,11 +300,11 @@ impl Services {
         }));
     }
 
-    fn on_event(&mut self, ev: TransferEvent<SocketAddr>) {
+    fn on_event(&mut self, now: u64, ev: TransferEvent<SocketAddr>) {
         match ev {
             TransferEvent::Received { id, from, payload } => {
                 let Some(job) = self.jobs.remove(&id) else { return };
-                self.start_job(job.rid, from, job.owner, job.key, payload);
+                self.start_job(now, job.rid, from, job.owner, job.key, payload);
             }
             TransferEvent::Failed { id, outgoing: false, reason, .. } => {
                 if let Some(job) = self.jobs.remove(&id) {

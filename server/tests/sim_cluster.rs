@@ -56,6 +56,12 @@ struct World {
     crashed_ever: bool,
     partitioned_ever: bool,
     restarted: Vec<ServerId>,
+    /// Load samples with a random CPU share (0–100 % of a core), from their own RNG; `None`: 0 %.
+    cpu: Option<Rng>,
+    /// Which server's execution answered each request.
+    answered_by: BTreeMap<RequestId, ServerId>,
+    /// When a claim of each request by each server first reached another server.
+    claim_heard: BTreeMap<(RequestId, ServerId), u64>,
 }
 
 impl World {
@@ -100,6 +106,9 @@ impl World {
             crashed_ever: false,
             partitioned_ever: false,
             restarted: vec![],
+            cpu: None,
+            answered_by: BTreeMap::new(),
+            claim_heard: BTreeMap::new(),
         }
     }
 
@@ -196,6 +205,9 @@ impl World {
     }
 
     fn client_complete(&mut self, ci: usize, done: Completion) {
+        if let Completion::Answered(r) = &done {
+            self.answered_by.insert(r.rid, r.server);
+        }
         let c = &mut self.clients[ci];
         let what = c.script[c.step];
         match done {
@@ -261,6 +273,20 @@ impl World {
                     let ci = (m.to - CLIENT_BASE) as usize;
                     self.on_client_msg(ci, m.msg);
                 } else {
+                    let claims: Vec<(RequestId, ServerId)> = match &m.msg {
+                        Msg::Claim { rid, by, .. } => vec![(*rid, *by)],
+                        Msg::Batch { msgs, .. } => msgs
+                            .iter()
+                            .filter_map(|c| match c {
+                                Msg::Claim { rid, by, .. } => Some((*rid, *by)),
+                                _ => None,
+                            })
+                            .collect(),
+                        _ => vec![],
+                    };
+                    for key in claims {
+                        self.claim_heard.entry(key).or_insert(now);
+                    }
                     let from = if m.from >= CLIENT_BASE {
                         Peer::Client(client_addr(m.from - CLIENT_BASE))
                     } else {
@@ -271,7 +297,8 @@ impl World {
             }
             for id in SERVERS {
                 if now % LOAD_INTERVAL == self.load_phase[&id] {
-                    self.step_node(id, Some(Input::LoadSample { cpu_percent: 0.0, rss_kb: 0 }));
+                    let cpu_percent = self.cpu.as_mut().map_or(0.0, |r| r.below(101) as f32);
+                    self.step_node(id, Some(Input::LoadSample { cpu_percent, rss_kb: 0 }));
                 }
                 if now.is_multiple_of(TICK) {
                     self.step_node(id, None);
@@ -450,4 +477,82 @@ fn no_faults_means_exactly_one_execution_per_request() {
         let total: usize = w.clients.iter().map(|c| c.script.len()).sum();
         assert_eq!(w.executions.len(), total, "seed {seed}: every request executed");
     }
+}
+
+/// The least-load election as the seeds measure it: with announcements delayed and lost (the
+/// lossy network) and every server's CPU share moving each second, a request is executed by the
+/// server that was first in the ranking of the servers that received it, whenever their load
+/// tables agreed when it arrived. How often they disagreed is printed.
+#[test]
+fn the_first_ranked_server_executes_whenever_the_tables_agree() {
+    let n = std::env::var("SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(200u64);
+    let (mut requests, mut disagreed, mut missed, mut wrong) = (0usize, 0usize, 0usize, Vec::new());
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
+        Err(_) => (1..=n).collect(),
+    };
+    for &seed in &seeds {
+        let mut w = World::new(seed, 3 + (seed % 3) as u32);
+        w.cpu = Some(Rng::new(seed ^ 0xc0ffee));
+        for c in &mut w.clients {
+            let more = ["list", "lookup"].repeat(6);
+            c.script.extend(more);
+        }
+        let mut events = vec![];
+        let mut t = 0;
+        while !w.clients_done() && t < 120_000 {
+            t += 1000;
+            w.run_until(t, &mut events);
+        }
+        if let Err(e) = w.check() {
+            panic!("seed {seed}: {e}");
+        }
+        // Every ranking made on arrival, by request.
+        let mut tables: BTreeMap<RequestId, Vec<(ServerId, common::protocol::Election)>> = BTreeMap::new();
+        for (id, node) in &w.nodes {
+            for e in node.as_ref().map(|n| n.election_log.clone()).unwrap_or_default() {
+                tables.entry(e.rid).or_default().push((*id, e));
+            }
+        }
+        for (rid, ranked) in &tables {
+            let Some(&by) = w.answered_by.get(rid) else { continue };
+            requests += 1;
+            if ranked.iter().any(|(_, e)| e.table != ranked[0].1.table) {
+                disagreed += 1;
+                continue;
+            }
+            let first = ranked[0].1.ranking.first().copied();
+            // The first-ranked server got no copy of the client's request, or its claim reached
+            // no other server within the others' grace for it (a claim's retransmission time,
+            // plus a margin, from the first arrival: its copy came late, or every copy of its
+            // claim was lost): then another server may rightly take the request over.
+            let earliest = ranked.iter().map(|(_, e)| e.at).min().unwrap_or(0);
+            let grace = NodeConfig::simulated(1, &SERVERS).retransmit + server::node::RERANK_MARGIN_MS;
+            let heard = first.and_then(|f| w.claim_heard.get(&(*rid, f)));
+            if heard.is_none_or(|&t| t > earliest + grace) {
+                missed += 1;
+                continue;
+            }
+            if first != Some(by) {
+                let seen: Vec<String> =
+                    ranked.iter().map(|(id, e)| format!("server {id}: {:?} -> {:?}", e.table, e.ranking)).collect();
+                wrong.push(format!("seed {seed} {rid}: executed by {by}, ranked {}", seen.join("; ")));
+            }
+        }
+    }
+    let pct = |k: usize| 100.0 * k as f64 / requests.max(1) as f64;
+    println!(
+        "{requests} requests over {} seeds; the servers' load tables disagreed on arrival for {disagreed} ({:.1} %); \
+         the first-ranked server's claim reached nobody in time (its copy of the request or every copy of its claim late or lost) for {missed} ({:.1} %)",
+        seeds.len(),
+        pct(disagreed),
+        pct(missed)
+    );
+    assert!(requests > 0);
+    assert!(
+        wrong.is_empty(),
+        "{} requests not executed by the first-ranked server:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }

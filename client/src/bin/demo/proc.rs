@@ -136,6 +136,13 @@ impl Client {
         Err(format!("{} printed no ok:/error: line within {} s", self.name, timeout.as_secs()))
     }
 
+    /// Takes in the lines printed so far without waiting (into `seen`).
+    pub fn take_printed(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// Runs one command: its result line and output.
     pub fn run(&mut self, cmd: &str) -> Result<(String, Vec<String>), String> {
         self.send(cmd)?;
