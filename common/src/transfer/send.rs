@@ -1,0 +1,288 @@
+//! The sending end of one transfer: chunks in flight, round-trip estimate, retransmission.
+
+use super::wire::*;
+use super::*;
+
+/// Smoothed round-trip estimate (RFC 6298 style, in milliseconds).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rtt {
+    pub(super) srtt: f64,
+    pub(super) rttvar: f64,
+    pub(super) rto: u64,
+    pub(super) measured: bool,
+    /// Smallest sample seen.
+    pub(super) min_rtt: u64,
+    /// Extra reordering allowance learnt from spurious retransmissions.
+    pub(super) reo_extra: u64,
+}
+
+impl Rtt {
+    pub(super) fn new(cfg: &TransferConfig) -> Self {
+        Rtt { srtt: 0.0, rttvar: 0.0, rto: cfg.rto_ms, measured: false, min_rtt: u64::MAX, reo_extra: 0 }
+    }
+
+    /// How much later than expected a chunk may be acked before it is taken as lost (RACK).
+    pub(super) fn reorder_window(&self) -> u64 {
+        if !self.measured {
+            return 0;
+        }
+        (self.min_rtt / 4 + self.reo_extra).min(self.srtt.ceil() as u64)
+    }
+
+    /// An ack came back faster than a retransmission could have: the original was only late.
+    pub(super) fn spurious(&mut self) {
+        if self.measured {
+            self.reo_extra = (self.reo_extra * 2 + 1).min(self.srtt.ceil() as u64);
+        }
+    }
+
+    pub(super) fn sample(&mut self, ms: u64, cfg: &TransferConfig) {
+        let r = ms as f64;
+        self.min_rtt = self.min_rtt.min(ms);
+        if self.measured {
+            self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
+            self.srtt = 0.875 * self.srtt + 0.125 * r;
+        } else {
+            self.srtt = r;
+            self.rttvar = r / 2.0;
+            self.measured = true;
+        }
+        let rto = self.srtt + (4.0 * self.rttvar).max(1.0) + cfg.ack_delay_ms as f64;
+        self.rto = (rto.ceil() as u64).clamp(cfg.min_rto_ms, cfg.max_rto_ms);
+    }
+}
+
+/// Sender's record of one chunk in flight.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    pub(super) sent_at: u64,
+    pub(super) order: u64,
+    pub(super) tx: u32,
+    pub(super) dup: u8,
+    pub(super) acked: bool,
+}
+
+/// One outgoing transfer.
+pub(super) struct Outgoing<A> {
+    pub(super) to: A,
+    pub(super) payload: Arc<[u8]>,
+    pub(super) chunk_size: usize,
+    pub(super) total_chunks: u32,
+    pub(super) checksum: u32,
+    /// Lowest chunk not yet acknowledged; `slots[0]` is chunk `base`.
+    pub(super) base: u32,
+    /// Next chunk never sent.
+    pub(super) next_new: u32,
+    pub(super) slots: VecDeque<Slot>,
+    pub(super) unacked: usize,
+    pub(super) acked_bytes: u64,
+    pub(super) last_heard: u64,
+    pub(super) rtt: Rtt,
+    pub(super) backoff: u32,
+    pub(super) next_progress: u64,
+}
+
+impl<A: Copy> Outgoing<A> {
+    pub(super) fn total_len(&self) -> u64 {
+        self.payload.len() as u64
+    }
+
+    pub(super) fn chunk_len(&self, seq: u32) -> u64 {
+        chunk_len_of(u64::from(seq), u64::from(self.total_chunks), self.total_len(), self.chunk_size as u64)
+    }
+
+    pub(super) fn data_msg(&self, id: TransferId, seq: u32) -> TransferMsg {
+        let start = (seq as usize).saturating_mul(self.chunk_size);
+        let end = start.saturating_add(self.chunk_size).min(self.payload.len());
+        let data = self.payload.get(start..end).map(<[u8]>::to_vec).unwrap_or_default();
+        TransferMsg::Data(DataChunk {
+            id,
+            seq,
+            total_chunks: self.total_chunks,
+            total_len: self.total_len(),
+            chunk_size: u16::try_from(self.chunk_size).unwrap_or(u16::MAX),
+            checksum: self.checksum,
+            data,
+        })
+    }
+
+    pub(super) fn eff_rto(&self, cfg: &TransferConfig) -> u64 {
+        self.rtt.rto.saturating_mul(1u64 << self.backoff.min(MAX_BACKOFF)).min(cfg.max_rto_ms)
+    }
+
+    /// Sends new chunks while the window allows.
+    pub(super) fn pump(&mut self, id: TransferId, now: u64, cfg: &TransferConfig, io: &mut Io<A>) {
+        let max_span = (cfg.window * 4).min(MAX_ACK_BITMAP_BYTES * 8);
+        while self.next_new < self.total_chunks
+            && self.unacked < cfg.window
+            && ((self.next_new - self.base) as usize) < max_span
+        {
+            let seq = self.next_new;
+            let order = io.next_order();
+            self.slots.push_back(Slot { sent_at: now, order, tx: 1, dup: 0, acked: false });
+            self.unacked += 1;
+            self.next_new += 1;
+            io.stats.data_sent += 1;
+            io.outbox.push_back((self.to, self.data_msg(id, seq)));
+        }
+    }
+
+    /// Sends `slots[idx]` again.
+    pub(super) fn retransmit(&mut self, idx: usize, id: TransferId, now: u64, io: &mut Io<A>) {
+        let order = io.next_order();
+        let Some(slot) = self.slots.get_mut(idx) else {
+            return;
+        };
+        slot.sent_at = now;
+        slot.order = order;
+        slot.tx = slot.tx.saturating_add(1);
+        slot.dup = 0;
+        let seq = self.base.saturating_add(u32::try_from(idx).unwrap_or(u32::MAX));
+        io.stats.data_sent += 1;
+        io.stats.retransmits += 1;
+        io.outbox.push_back((self.to, self.data_msg(id, seq)));
+    }
+
+    /// Handles an ack; returns true when every chunk is acknowledged.
+    pub(super) fn on_ack(
+        &mut self,
+        id: TransferId,
+        now: u64,
+        cum: u32,
+        sack: &[u8],
+        cfg: &TransferConfig,
+        io: &mut Io<A>,
+    ) -> bool {
+        self.last_heard = now;
+        if cum > self.next_new {
+            io.stats.ignored += 1;
+            return false;
+        }
+        // Newest transmission order among newly acked chunks, and the send time of the newest
+        // chunk sent only once (Karn: retransmitted chunks give ambiguous samples).
+        let mut max_order = 0u64;
+        let mut newest_once: Option<(u64, u64)> = None;
+        let mut spurious = false;
+        let min_rtt = if self.rtt.measured { self.rtt.min_rtt } else { 0 };
+        let mut note = |slot: &Slot| {
+            max_order = max_order.max(slot.order);
+            if slot.tx == 1 && newest_once.is_none_or(|(o, _)| slot.order > o) {
+                newest_once = Some((slot.order, slot.sent_at));
+            }
+            if slot.tx > 1 && now.saturating_sub(slot.sent_at) < min_rtt {
+                spurious = true;
+            }
+        };
+        while self.base < cum {
+            let seq = self.base;
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            if !slot.acked {
+                self.unacked = self.unacked.saturating_sub(1);
+                self.acked_bytes += self.chunk_len(seq);
+                note(&slot);
+            }
+        }
+        let first = u64::from(cum) + 1;
+        for (i, &byte) in sack.iter().enumerate() {
+            if byte == 0 {
+                continue;
+            }
+            for bit in 0..8u64 {
+                if byte & (1 << bit) == 0 {
+                    continue;
+                }
+                let seq = first + (i as u64) * 8 + bit;
+                if seq >= u64::from(self.next_new) {
+                    continue;
+                }
+                let Some(idx) = seq.checked_sub(u64::from(self.base)) else {
+                    continue;
+                };
+                let Some(slot) = self.slots.get_mut(idx as usize) else {
+                    continue;
+                };
+                if slot.acked {
+                    continue;
+                }
+                slot.acked = true;
+                let copy = *slot;
+                self.unacked = self.unacked.saturating_sub(1);
+                self.acked_bytes += self.chunk_len(seq as u32);
+                note(&copy);
+            }
+        }
+        while self.slots.front().is_some_and(|s| s.acked) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        if max_order > 0 {
+            self.backoff = 0;
+            if spurious {
+                io.stats.spurious += 1;
+                self.rtt.spurious();
+            }
+            let mut rack_rtt = self.rtt.srtt as u64;
+            if let Some((_, sent_at)) = newest_once {
+                rack_rtt = now.saturating_sub(sent_at);
+                self.rtt.sample(rack_rtt, cfg);
+            }
+            // Fast retransmit (RACK-like): a chunk sent before one that just got acked, still
+            // missing on DUP_THRESH such acks and overdue by more than the reordering window,
+            // is taken as lost.
+            let overdue = rack_rtt.saturating_add(self.rtt.reorder_window());
+            for idx in 0..self.slots.len() {
+                let Some(slot) = self.slots.get_mut(idx) else {
+                    break;
+                };
+                if slot.acked || slot.order >= max_order {
+                    continue;
+                }
+                slot.dup = slot.dup.saturating_add(1);
+                if slot.dup >= DUP_THRESH && now >= slot.sent_at.saturating_add(overdue) {
+                    io.stats.fast_retransmits += 1;
+                    self.retransmit(idx, id, now, io);
+                }
+            }
+            let (done, total) = (self.acked_bytes, self.total_len());
+            progress_event(io, cfg.progress_step, &mut self.next_progress, id, self.to, true, done, total);
+        }
+        if self.base >= self.total_chunks {
+            return true;
+        }
+        self.pump(id, now, cfg, io);
+        false
+    }
+
+    /// Timers; returns false when the transfer must be abandoned.
+    pub(super) fn tick(&mut self, id: TransferId, now: u64, cfg: &TransferConfig, io: &mut Io<A>) -> bool {
+        if now.saturating_sub(self.last_heard) >= cfg.give_up_ms {
+            return false;
+        }
+        let rto = self.eff_rto(cfg);
+        let mut fired = false;
+        for idx in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(idx) else {
+                break;
+            };
+            if !slot.acked && now >= slot.sent_at.saturating_add(rto) {
+                if !fired {
+                    fired = true;
+                    self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
+                    io.stats.timeouts += 1;
+                }
+                self.retransmit(idx, id, now, io);
+            }
+        }
+        self.pump(id, now, cfg, io);
+        true
+    }
+
+    pub(super) fn deadline(&self, cfg: &TransferConfig) -> u64 {
+        let rto = self.eff_rto(cfg);
+        let timers = self.slots.iter().filter(|s| !s.acked).map(|s| s.sent_at.saturating_add(rto));
+        timers.fold(self.last_heard.saturating_add(cfg.give_up_ms), u64::min)
+    }
+}
