@@ -120,8 +120,8 @@ fn a_viewer_killed_mid_transfer_gets_no_copy_or_a_complete_one() {
         "midtransfer",
         3,
         |cfg| {
-            cfg.chunk_size = 1024;
-            cfg.window = 1;
+            cfg.chunk_size = Some(1024);
+            cfg.window = Some(1);
         },
         &[],
     );

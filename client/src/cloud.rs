@@ -178,7 +178,8 @@ pub struct Cloud {
     peer_rx: Option<Receiver<Incoming>>,
     secret: Option<Vec<u8>>,
     health: Arc<Health>,
-    /// Called with (done, total) while a payload over 1 MB moves.
+    /// Called with (what, done, total) while a payload over 1 MB moves, and with `done >= total`
+    /// when it stops moving.
     pub progress: Option<ProgressFn>,
 }
 
@@ -251,17 +252,17 @@ impl Cloud {
         health: Arc<Health>,
         mut rng: Rng,
     ) -> Cloud {
-        let mut tcfg = common::transfer::TransferConfig::with_chunk_size(cfg.chunk_size);
-        tcfg.window = cfg.window;
-        tcfg.max_payload = cfg.max_payload;
+        let tcfg = cfg.transfer();
+        // An upload rides in the request only if it fits one datagram's chunk on every path.
+        let inline_max = cfg.servers.iter().map(|s| tcfg.chunk_for(&s.client_addr)).min().unwrap_or(0);
         Cloud {
             sock,
             servers: cfg.servers.iter().map(|s| (s.id, s.client_addr)).collect(),
             source,
             req: Requester::new(rng.next_u64(), cfg.request_retry_ms, cfg.request_timeout_ms),
-            transfers: Transfers::new(tcfg.normalized()),
+            transfers: Transfers::new(tcfg),
             max_payload: cfg.max_payload,
-            inline_max: cfg.chunk_size,
+            inline_max,
             start: Instant::now(),
             peer_rx,
             secret: None,
@@ -384,6 +385,15 @@ impl Cloud {
         payload: Option<&[u8]>,
         max_wait: Option<Duration>,
     ) -> Result<CallResult, String> {
+        let result = self.run_call(op, payload, max_wait);
+        // Whatever happened, the progress line (if any) ends here.
+        if let Some(p) = self.progress.as_mut() {
+            p("", 0, 0);
+        }
+        result
+    }
+
+    fn run_call(&mut self, op: Op, payload: Option<&[u8]>, max_wait: Option<Duration>) -> Result<CallResult, String> {
         let started = Instant::now();
         let now = self.now();
         let secret = self.secret.as_deref();
@@ -487,11 +497,16 @@ impl Cloud {
                     {
                         blob = Some((from, p))
                     }
-                    TransferEvent::Failed { id, reason, outgoing, .. }
+                    TransferEvent::Failed { id, reason, outgoing, peer }
                         if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) =>
                     {
                         uploading = None;
-                        transfer_error = Some(format!("transfer failed: {reason}"));
+                        let who = match self.servers.iter().find(|(_, a)| *a == peer) {
+                            Some((sid, _)) => format!("server {sid} ({peer})"),
+                            None => peer.to_string(),
+                        };
+                        let dir = if outgoing { "upload to" } else { "download from" };
+                        transfer_error = Some(format!("transfer failed: {dir} {who}: {reason}"));
                     }
                     TransferEvent::Progress { total, done, outgoing, .. } => {
                         if let Some(p) = self.progress.as_mut() {

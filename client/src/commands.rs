@@ -81,6 +81,8 @@ impl Session {
         common::names::check_user(name)?;
         let store = Store::open(data)?;
         let mut cloud = Cloud::connect(cfg, None)?;
+        let mut meter = crate::progress::Meter::default();
+        cloud.progress = Some(Box::new(move |what, done, total| meter.update(what, done, total)));
         let me = match store.identity()? {
             Some(id) if id.name == name => id,
             Some(id) => return Err(format!("the data folder belongs to {}, not {name}", id.name)),
@@ -100,9 +102,7 @@ impl Session {
         }
         let incoming = cloud.take_peer_rx().ok_or("peer traffic already taken")?;
         let sock = cloud.socket()?;
-        let mut transfer = common::transfer::TransferConfig::with_chunk_size(cfg.chunk_size);
-        transfer.window = cfg.window;
-        transfer.max_payload = cfg.max_payload;
+        let transfer = cfg.transfer();
         let cloud = Arc::new(Mutex::new(cloud));
         let sharing = Arc::new(Mutex::new(Sharing::load(&store)?));
         let ctx = EngineCtx {
@@ -112,7 +112,7 @@ impl Session {
             sharing: sharing.clone(),
             sock,
             incoming,
-            transfer: transfer.normalized(),
+            transfer,
         };
         let engine = Engine::start(ctx)?;
         crate::watch::spawn(cloud.clone(), me.clone())?;

@@ -3,6 +3,7 @@
 //! Only `servers` is required; every other field is optional. Unknown fields are rejected so a
 //! typo does not silently fall back to a default.
 
+use crate::transfer::TransferConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -53,12 +54,15 @@ pub struct ClusterConfig {
     /// Folder of cover images.
     #[serde(default = "d_images_dir")]
     pub images_dir: String,
-    /// Bytes of payload per transfer chunk (≤ 1200 for real networks).
-    #[serde(default = "d_chunk_size")]
-    pub chunk_size: usize,
-    /// Chunks in flight per transfer.
-    #[serde(default = "d_window")]
-    pub window: usize,
+    /// Override: bytes of payload per transfer datagram on every path. Unset, a transfer sends
+    /// 1,400 bytes per datagram off loopback (no IP fragmentation on a 1,500-byte MTU) and
+    /// 48,000 on loopback.
+    #[serde(default)]
+    pub chunk_size: Option<usize>,
+    /// Override: a fixed cap on chunks in flight per transfer. Unset, the congestion
+    /// controller sizes the window to the path.
+    #[serde(default)]
+    pub window: Option<usize>,
     /// Largest payload accepted by a transfer, in bytes.
     #[serde(default = "d_max_payload")]
     pub max_payload: usize,
@@ -110,12 +114,6 @@ fn d_data_dir() -> String {
 }
 fn d_images_dir() -> String {
     "images".into()
-}
-fn d_chunk_size() -> usize {
-    48_000
-}
-fn d_window() -> usize {
-    3
 }
 fn d_max_payload() -> usize {
     50 * 1024 * 1024
@@ -170,8 +168,8 @@ impl ClusterConfig {
             pool_size: d_pool_size(),
             data_dir: d_data_dir(),
             images_dir: d_images_dir(),
-            chunk_size: d_chunk_size(),
-            window: d_window(),
+            chunk_size: None,
+            window: None,
             max_payload: d_max_payload(),
             answer_cache: d_answer_cache(),
             answer_ttl_ms: d_answer_ttl(),
@@ -212,7 +210,7 @@ impl ClusterConfig {
             ("request_retry_ms", self.request_retry_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("pool_size", self.pool_size as u64),
-            ("window", self.window as u64),
+            ("window", self.window.map_or(1, |w| w as u64)),
             ("auth_window_ms", self.auth_window_ms),
         ];
         for (name, v) in positive {
@@ -226,10 +224,21 @@ impl ClusterConfig {
         if self.auth_window_ms >= self.answer_ttl_ms {
             return Err("field `auth_window_ms`: must be shorter than `answer_ttl_ms` (replays in the window must find their answer)".into());
         }
-        if !(256..=60_000).contains(&self.chunk_size) {
+        if self.chunk_size.is_some_and(|c| !(256..=60_000).contains(&c)) {
             return Err("field `chunk_size`: must be between 256 and 60000 bytes".into());
         }
         Ok(())
+    }
+
+    /// The transfer settings of this config: the overrides, if any, on the transfer's defaults.
+    pub fn transfer(&self) -> TransferConfig {
+        let mut t = match self.chunk_size {
+            Some(c) => TransferConfig::with_chunk_size(c),
+            None => TransferConfig::default(),
+        };
+        t.window = self.window;
+        t.max_payload = self.max_payload;
+        t.normalized()
     }
 
     /// The cluster key file.

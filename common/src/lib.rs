@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod log;
 pub mod names;
+pub mod pathsim;
 pub mod preview;
 pub mod protocol;
 pub mod requester;

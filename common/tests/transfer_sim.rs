@@ -198,7 +198,7 @@ fn random_config(rng: &mut Rng) -> TransferConfig {
     };
     let mut cfg = TransferConfig::with_chunk_size(chunk);
     match rng.below(4) {
-        0 => cfg.window = rng.range(1, 32) as usize,
+        0 => cfg.window = Some(rng.range(1, 32) as usize),
         1 => cfg.ack_every = rng.range(1, 4) as u32,
         _ => {}
     }
@@ -365,11 +365,11 @@ fn checksum_mismatch_is_detected() {
     for (seed, seq) in [(3u64, 0u32), (4, 5), (5, 40)] {
         let cfg = TransferConfig::with_chunk_size(1024);
         let (mut sim, _) = start_one_corrupting(seed, cfg, 41 * 1024 - 100, Some(seq));
-        assert_eq!(sim.corrupt_seq, None, "nothing corrupted");
         while failed_at(&sim, 0).is_none() || failed_at(&sim, 1).is_none() {
             assert!(sim.now < 60_000, "seed {seed}: corruption not detected on both sides");
             sim.advance(u64::MAX);
         }
+        assert_eq!(sim.corrupt_seq, None, "nothing corrupted");
         let reason = sim.events.iter().find_map(|(n, _, e)| match e {
             TransferEvent::Failed { reason, .. } if *n == 1 => Some(reason.clone()),
             _ => None,
@@ -501,7 +501,7 @@ fn progress_and_limits() {
 #[test]
 fn large_transfer_reports_progress() {
     let (mut sim, data) = start_one(8, TransferConfig::default(), 3_500_000);
-    while !sim.events_of(1).any(|e| matches!(e, TransferEvent::Received { .. })) {
+    while !sim.events_of(0).any(|e| matches!(e, TransferEvent::Sent { .. })) {
         assert!(sim.now < 100_000);
         sim.advance(u64::MAX);
     }

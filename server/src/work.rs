@@ -16,7 +16,7 @@ use common::config::ServerId;
 use common::crypto::{self, Key};
 use common::protocol::{transfer_id, Answer, Msg, Op, RequestId, WORKING_PING_MS};
 use common::stego::{self, Covers};
-use common::transfer::{TransferConfig, TransferEvent, TransferMsg, Transfers};
+use common::transfer::{TransferEvent, TransferMsg, Transfers};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,21 +65,12 @@ pub struct Services {
     unannounced: HashSet<RequestId>,
     /// Requests being hidden on the pool: their client, and when it was last told so.
     working: HashMap<RequestId, (SocketAddr, u64)>,
-    chunk_size: usize,
     inputs: Vec<Input>,
 }
 
 /// Where a worker hands its result: the server, reached through a weak handle (the server owns
 /// the services, so a strong one would be a cycle). `None` once the server is gone.
 pub type Sink = Weak<Server>;
-
-/// The transfer settings from the cluster config.
-pub fn transfer_config(cfg: &common::config::ClusterConfig) -> TransferConfig {
-    let mut t = TransferConfig::with_chunk_size(cfg.chunk_size);
-    t.window = cfg.window;
-    t.max_payload = cfg.max_payload;
-    t.normalized()
-}
 
 impl Services {
     /// Services running jobs on `pool` and handing their results to `sink`; what they send
@@ -94,14 +85,13 @@ impl Services {
             covers,
             slow_ms: opts.slow_ms,
             max_payload: opts.cfg.max_payload,
-            transfers: Transfers::new(transfer_config(&opts.cfg)),
+            transfers: Transfers::new(opts.cfg.transfer()),
             jobs: HashMap::new(),
             relays: HashMap::new(),
             stash: Stash::new(stash::UPLOADS),
             results: Stash::new(stash::RESULTS),
             unannounced: HashSet::new(),
             working: HashMap::new(),
-            chunk_size: transfer_config(&opts.cfg).chunk_size,
             inputs: Vec::new(),
         }
     }
@@ -218,7 +208,7 @@ impl Services {
         self.working.remove(&rid);
         let unannounced = self.unannounced.remove(&rid);
         let result = match result {
-            Ok(png) if unannounced && png.len() <= self.chunk_size => {
+            Ok(png) if unannounced && png.len() <= self.transfers.config().chunk_for(&client) => {
                 // One datagram: it goes with the reply (see `post`).
                 let len = png.len() as u64;
                 self.results.put(now, rid, client, png);

@@ -16,6 +16,7 @@
 
 use client::cloud::Cloud;
 use client::launch::Cluster;
+use client::transfer_lab::TRANSFER_OPTS;
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, ServerId, EXIT_USAGE};
 use common::crypto::{self, Key, Purpose};
@@ -52,18 +53,6 @@ const OPTS: &[Opt] = &[
     Opt { name: "slow-server", value: Some("ID"), default: "", help: "make server ID slow (--slow-ms per image)" },
     Opt { name: "slow-ms", value: Some("MS"), default: "20", help: "extra work per image of the slow server" },
     Opt { name: "floor", value: None, default: "", help: "no network: the same stego work in-process on every core" },
-    Opt {
-        name: "transfer-mb",
-        value: Some("MB"),
-        default: "",
-        help: "instead: one reliable transfer of MB megabytes over loopback sockets",
-    },
-    Opt {
-        name: "loss",
-        value: Some("P"),
-        default: "0",
-        help: "with --transfer-mb: share of datagrams dropped (0-0.5)",
-    },
 ];
 
 const ABOUT: &str = "Benchmark of the image cloud: N encryption requests from C concurrent clients.";
@@ -105,45 +94,17 @@ fn fail_usage(msg: &str) -> ! {
     std::process::exit(EXIT_USAGE)
 }
 
-/// `--transfer-mb`: the reliable transfer alone, over real loopback sockets.
-fn transfer_mode(mb: usize, loss: f64) {
-    if !(0.0..=0.5).contains(&loss) {
-        fail_usage("--loss must be between 0 and 0.5");
-    }
-    let cfg = common::transfer::TransferConfig::default();
-    match client::transfer_bench::run(mb * 1_000_000, cfg.clone(), loss, 7) {
-        Ok(r) => {
-            println!(
-                "transfer: {} bytes in {:.3} s = {:.1} MB/s, chunk {} B, window {}, loss {loss}, dropped {} of {} datagrams, byte-exact: {}",
-                r.bytes, r.seconds, r.mb_per_s, cfg.chunk_size, cfg.window, r.dropped, r.datagrams, r.exact
-            );
-            println!(
-                "RESULT {{\"mode\":\"transfer\",\"bytes\":{},\"seconds\":{:.4},\"mb_per_s\":{:.1},\"loss\":{loss},\"dropped\":{},\"exact\":{}}}",
-                r.bytes, r.seconds, r.mb_per_s, r.dropped, r.exact
-            );
-            if !r.exact {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("bench: {e}");
-            std::process::exit(1);
-        }
-    }
-}
-
 fn main() {
-    let args = match Args::parse(std::env::args().skip(1), OPTS) {
+    let opts: Vec<Opt> = OPTS.iter().chain(TRANSFER_OPTS).cloned().collect();
+    let args = match Args::parse(std::env::args().skip(1), &opts) {
         Ok(a) => a,
         Err(None) => {
-            print!("{}", usage("bench", ABOUT, OPTS));
+            print!("{}", usage("bench", ABOUT, &opts));
             return;
         }
         Err(Some(e)) => fail_usage(&e),
     };
-    if let Some(mb) = args.num::<usize>("transfer-mb").unwrap_or_else(|e| fail_usage(&e)) {
-        return transfer_mode(mb, args.num::<f64>("loss").unwrap_or_else(|e| fail_usage(&e)).unwrap_or(0.0));
-    }
+    client::transfer_lab::run_mode(&args);
     let settings = parse_settings(&args).unwrap_or_else(|e| fail_usage(&e));
     let image = load_image(&settings.image).unwrap_or_else(|e| fail_usage(&e));
     let external = settings.config.as_deref().map(ClusterConfig::load).transpose().unwrap_or_else(|e| fail_usage(&e));
@@ -196,8 +157,10 @@ fn parse_settings(args: &Args) -> Result<Settings, String> {
 }
 
 fn check_combinations(args: &Args, s: &Settings) -> Result<(), String> {
-    if args.get("loss").is_some() {
-        return Err("--loss needs --transfer-mb".into());
+    for n in ["loss", "rtt-ms", "flows", "tcp", "transfer-to"] {
+        if args.get(n).is_some() || args.flag(n) {
+            return Err(format!("--{n} needs --transfer-mb or --transfer-sim"));
+        }
     }
     let cluster_only = ["kill-server-after", "slow-server", "slow-ms", "policy"];
     let given = |names: &[&str]| names.iter().find(|n| args.get(n).is_some()).map(|n| n.to_string());

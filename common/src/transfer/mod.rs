@@ -42,6 +42,7 @@
 //! chunk size, `seq < total_chunks`, `len` is exactly the size of that chunk and of the rest of
 //! the datagram, bounded bitmap, known codes) and never panics.
 
+pub mod cc;
 mod recv;
 mod send;
 mod wire;
@@ -55,10 +56,36 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-/// Largest window (chunks in flight per transfer).
+/// Largest fixed window (chunks in flight per transfer).
 pub const MAX_WINDOW: usize = 1024;
-/// Bytes in flight per transfer that the default window aims at (under Linux's default receive buffer).
+/// Bytes in flight on a local path (loopback): under Linux's default receive buffer, which a
+/// burst on loopback fills at once.
 pub const DEFAULT_INFLIGHT_BYTES: usize = 128 * 1024;
+/// Payload per datagram off loopback: with the frame (4 bytes) and the data header (34 bytes) a
+/// datagram of 1,438 bytes, which a 1,500-byte MTU carries unfragmented over IPv4 and IPv6
+/// (1,472 and 1,452 bytes of UDP payload), with room left for a PPPoE or VPN header.
+pub const NET_CHUNK_SIZE: usize = 1400;
+/// Payload per datagram on loopback, where IP fragments cannot be lost.
+pub const LOCAL_CHUNK_SIZE: usize = 48_000;
+
+/// What a transfer needs to know about a peer's address: whether the path to it is local.
+pub trait PathHint {
+    /// True for a peer reached over loopback (large datagrams are free there).
+    fn is_local(&self) -> bool {
+        false
+    }
+}
+
+impl PathHint for std::net::SocketAddr {
+    fn is_local(&self) -> bool {
+        self.ip().is_loopback()
+    }
+}
+
+impl PathHint for u8 {}
+impl PathHint for u16 {}
+impl PathHint for u32 {}
+impl PathHint for u64 {}
 
 /// Acks showing a later-sent chunk received before a missing chunk is retransmitted.
 const DUP_THRESH: u8 = 3;
@@ -72,10 +99,13 @@ const MAX_PEER_RTT: usize = 4096;
 /// Tuning of [`Transfers`]; `Default` suits loopback and LAN.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransferConfig {
-    /// Payload bytes per data datagram (1..=`MAX_CHUNK_SIZE`); 1024 keeps datagrams under 1200 bytes.
+    /// Payload bytes per data datagram to a peer off loopback (1..=`MAX_CHUNK_SIZE`).
     pub chunk_size: usize,
-    /// Unacknowledged chunks in flight per transfer (1..=`MAX_WINDOW`).
-    pub window: usize,
+    /// Payload bytes per data datagram to a peer on loopback.
+    pub local_chunk_size: usize,
+    /// A fixed cap on unacknowledged chunks per transfer (1..=`MAX_WINDOW`); `None`: the
+    /// congestion controller alone decides.
+    pub window: Option<usize>,
     /// Largest payload sent or accepted (at most `WIRE_MAX_PAYLOAD`).
     pub max_payload: usize,
     /// Retransmit timeout before any round trip was measured.
@@ -102,8 +132,9 @@ pub struct TransferConfig {
 impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
-            chunk_size: 16 * 1024,
-            window: DEFAULT_INFLIGHT_BYTES / (16 * 1024),
+            chunk_size: NET_CHUNK_SIZE,
+            local_chunk_size: LOCAL_CHUNK_SIZE,
+            window: None,
             max_payload: 50 * 1024 * 1024,
             rto_ms: 200,
             min_rto_ms: 10,
@@ -119,13 +150,18 @@ impl Default for TransferConfig {
 }
 
 impl TransferConfig {
-    /// The defaults with another chunk size and a window of about `DEFAULT_INFLIGHT_BYTES`.
+    /// The defaults with one chunk size on every path.
     pub fn with_chunk_size(chunk_size: usize) -> Self {
         let chunk_size = chunk_size.clamp(1, MAX_CHUNK_SIZE);
-        TransferConfig {
-            chunk_size,
-            window: (DEFAULT_INFLIGHT_BYTES / chunk_size).clamp(2, MAX_WINDOW),
-            ..TransferConfig::default()
+        TransferConfig { chunk_size, local_chunk_size: chunk_size, ..TransferConfig::default() }
+    }
+
+    /// Payload bytes per data datagram to `peer`.
+    pub fn chunk_for(&self, peer: &impl PathHint) -> usize {
+        if peer.is_local() {
+            self.local_chunk_size
+        } else {
+            self.chunk_size
         }
     }
 
@@ -135,13 +171,14 @@ impl TransferConfig {
         let max_rto_ms = self.max_rto_ms.max(min_rto_ms);
         TransferConfig {
             chunk_size: self.chunk_size.clamp(1, MAX_CHUNK_SIZE),
-            window: self.window.clamp(1, MAX_WINDOW),
+            local_chunk_size: self.local_chunk_size.clamp(1, MAX_CHUNK_SIZE),
+            window: self.window.map(|w| w.clamp(1, MAX_WINDOW)),
             max_payload: self.max_payload.min(usize::try_from(WIRE_MAX_PAYLOAD).unwrap_or(usize::MAX)),
             rto_ms: self.rto_ms.clamp(min_rto_ms, max_rto_ms),
             min_rto_ms,
             max_rto_ms,
             give_up_ms: self.give_up_ms.max(1),
-            ack_every: self.ack_every.clamp(1, (self.window.clamp(1, MAX_WINDOW) as u32 / 2).max(1)),
+            ack_every: self.ack_every.clamp(1, (self.window.map_or(8, |w| w.clamp(1, MAX_WINDOW)) as u32 / 2).max(1)),
             ack_delay_ms: self.ack_delay_ms,
             max_incoming: self.max_incoming,
             recent_capacity: self.recent_capacity,
@@ -269,7 +306,7 @@ pub(super) fn progress_event<A>(
 }
 
 /// Many outgoing and incoming transfers, keyed by id, with peers addressed by `A`.
-pub struct Transfers<A: Copy + Eq + Hash + fmt::Debug> {
+pub struct Transfers<A: Copy + Eq + Hash + fmt::Debug + PathHint> {
     cfg: TransferConfig,
     out: BTreeMap<TransferId, Outgoing<A>>,
     inc: BTreeMap<TransferId, Incoming<A>>,
@@ -278,7 +315,7 @@ pub struct Transfers<A: Copy + Eq + Hash + fmt::Debug> {
     io: Io<A>,
 }
 
-impl<A: Copy + Eq + Hash + fmt::Debug> Transfers<A> {
+impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
     /// An empty multiplexer using `cfg` (normalized into valid ranges).
     pub fn new(cfg: TransferConfig) -> Self {
         Transfers {
@@ -311,11 +348,19 @@ impl<A: Copy + Eq + Hash + fmt::Debug> Transfers<A> {
         if self.out.contains_key(&id) {
             return Err(TransferError::DuplicateId(id));
         }
-        let chunk_size = self.cfg.chunk_size;
+        let chunk_size = self.cfg.chunk_for(&to);
         let total_chunks = u32::try_from(chunk_count(payload.len() as u64, chunk_size as u64))
             .map_err(|_| TransferError::Invalid("too many chunks"))?;
         let rtt = self.peer_rtt.get(&to).copied().unwrap_or_else(|| Rtt::new(&self.cfg));
+        let cap = self.cfg.window.map(|w| w.saturating_mul(chunk_size));
+        let min_rtt = rtt.measured.then_some(rtt.min_rtt);
+        let cc = if to.is_local() {
+            cc::Bbr::fixed(now, chunk_size, cap.unwrap_or(DEFAULT_INFLIGHT_BYTES))
+        } else {
+            cc::Bbr::new(now, chunk_size, 0, cap, min_rtt)
+        };
         let mut o = Outgoing {
+            cc,
             to,
             checksum: crc32(&payload),
             payload,
@@ -580,9 +625,9 @@ mod tests {
 
     #[test]
     fn acks_come_at_least_twice_per_window() {
-        let small = TransferConfig { window: 2, ack_every: 4, ..TransferConfig::default() }.normalized();
+        let small = TransferConfig { window: Some(2), ack_every: 4, ..TransferConfig::default() }.normalized();
         assert_eq!(small.ack_every, 1);
-        let wide = TransferConfig { window: 64, ack_every: 4, ..TransferConfig::default() }.normalized();
+        let wide = TransferConfig { window: Some(64), ack_every: 4, ..TransferConfig::default() }.normalized();
         assert_eq!(wide.ack_every, 4);
     }
 

@@ -1,5 +1,6 @@
 //! The sending end of one transfer: chunks in flight, round-trip estimate, retransmission.
 
+use super::cc::Bbr;
 use super::wire::*;
 use super::*;
 
@@ -60,6 +61,8 @@ pub(super) struct Slot {
     pub(super) tx: u32,
     pub(super) dup: u8,
     pub(super) acked: bool,
+    /// The controller's delivered count when this chunk was (last) sent, for round counting.
+    pub(super) delivered: u64,
 }
 
 /// One outgoing transfer.
@@ -79,6 +82,8 @@ pub(super) struct Outgoing<A> {
     pub(super) last_heard: u64,
     pub(super) rtt: Rtt,
     pub(super) backoff: u32,
+    /// The congestion controller.
+    pub(super) cc: Bbr,
     pub(super) next_progress: u64,
 }
 
@@ -110,16 +115,30 @@ impl<A: Copy> Outgoing<A> {
         self.rtt.rto.saturating_mul(1u64 << self.backoff.min(MAX_BACKOFF)).min(cfg.max_rto_ms)
     }
 
-    /// Sends new chunks while the window allows.
+    /// Bytes sent and not yet acknowledged (every chunk counted at full size).
+    pub(super) fn inflight(&self) -> usize {
+        self.unacked.saturating_mul(self.chunk_size)
+    }
+
+    /// Chunks past `base` that may be sent: the acks' bitmap must be able to describe them.
+    fn max_span(cfg: &TransferConfig) -> usize {
+        let span = MAX_ACK_BITMAP_BYTES * 8;
+        cfg.window.map_or(span, |w| (w * 4).min(span))
+    }
+
+    /// Whether new chunks are waiting for the controller (cwnd room or pacing).
+    pub(super) fn has_new(&self, cfg: &TransferConfig) -> bool {
+        self.next_new < self.total_chunks && ((self.next_new - self.base) as usize) < Self::max_span(cfg)
+    }
+
+    /// Sends new chunks while the congestion window and the pacing allow.
     pub(super) fn pump(&mut self, id: TransferId, now: u64, cfg: &TransferConfig, io: &mut Io<A>) {
-        let max_span = (cfg.window * 4).min(MAX_ACK_BITMAP_BYTES * 8);
-        while self.next_new < self.total_chunks
-            && self.unacked < cfg.window
-            && ((self.next_new - self.base) as usize) < max_span
-        {
+        while self.has_new(cfg) && self.cc.can_send(now, self.inflight(), self.chunk_size) {
             let seq = self.next_new;
             let order = io.next_order();
-            self.slots.push_back(Slot { sent_at: now, order, tx: 1, dup: 0, acked: false });
+            self.cc.on_sent(self.chunk_len(seq) as usize);
+            let delivered = self.cc.delivered();
+            self.slots.push_back(Slot { sent_at: now, order, tx: 1, dup: 0, acked: false, delivered });
             self.unacked += 1;
             self.next_new += 1;
             io.stats.data_sent += 1;
@@ -137,7 +156,11 @@ impl<A: Copy> Outgoing<A> {
         slot.order = order;
         slot.tx = slot.tx.saturating_add(1);
         slot.dup = 0;
+        slot.delivered = self.cc.delivered();
         let seq = self.base.saturating_add(u32::try_from(idx).unwrap_or(u32::MAX));
+        let len = self.chunk_len(seq);
+        self.cc.on_lost(len);
+        self.cc.on_sent(len as usize);
         io.stats.data_sent += 1;
         io.stats.retransmits += 1;
         io.outbox.push_back((self.to, self.data_msg(id, seq)));
@@ -163,9 +186,12 @@ impl<A: Copy> Outgoing<A> {
         let mut max_order = 0u64;
         let mut newest_once: Option<(u64, u64)> = None;
         let mut spurious = false;
+        let mut sent_delivered: Option<u64> = None;
+        let acked_before = self.acked_bytes;
         let min_rtt = if self.rtt.measured { self.rtt.min_rtt } else { 0 };
         let mut note = |slot: &Slot| {
             max_order = max_order.max(slot.order);
+            sent_delivered = Some(sent_delivered.map_or(slot.delivered, |d| d.max(slot.delivered)));
             if slot.tx == 1 && newest_once.is_none_or(|(o, _)| slot.order > o) {
                 newest_once = Some((slot.order, slot.sent_at));
             }
@@ -225,10 +251,13 @@ impl<A: Copy> Outgoing<A> {
                 self.rtt.spurious();
             }
             let mut rack_rtt = self.rtt.srtt as u64;
-            if let Some((_, sent_at)) = newest_once {
-                rack_rtt = now.saturating_sub(sent_at);
+            let sample = newest_once.map(|(_, sent_at)| now.saturating_sub(sent_at));
+            if let Some(r) = sample {
+                rack_rtt = r;
                 self.rtt.sample(rack_rtt, cfg);
             }
+            let inflight = self.inflight();
+            self.cc.on_ack(now, self.acked_bytes - acked_before, sent_delivered, sample, inflight);
             // Fast retransmit (RACK-like): a chunk sent before one that just got acked, still
             // missing on DUP_THRESH such acks and overdue by more than the reordering window,
             // is taken as lost.
@@ -283,6 +312,10 @@ impl<A: Copy> Outgoing<A> {
     pub(super) fn deadline(&self, cfg: &TransferConfig) -> u64 {
         let rto = self.eff_rto(cfg);
         let timers = self.slots.iter().filter(|s| !s.acked).map(|s| s.sent_at.saturating_add(rto));
-        timers.fold(self.last_heard.saturating_add(cfg.give_up_ms), u64::min)
+        let mut at = timers.fold(self.last_heard.saturating_add(cfg.give_up_ms), u64::min);
+        if self.has_new(cfg) && self.inflight().saturating_add(self.chunk_size) <= self.cc.cwnd() {
+            at = at.min(self.cc.next_send_time());
+        }
+        at
     }
 }
