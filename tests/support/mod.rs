@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+
 use client::launch::{sibling_binary, Cluster};
 use common::config::ClusterConfig;
 use std::io::{BufRead, BufReader, Write};
