@@ -353,5 +353,29 @@ fn lab_goodput() {
         let retr = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
         let pct = permille as f64 / 10.0;
         println!("GOODPUT at {pct} % loss: {mbit:.1} Mbit/s TCP c1 -> c2 ({retr} retransmits; {})", frames(&lab));
+        // The same link for the cloud's transfer and for the bench's own TCP stream.
+        let bench = client::launch::sibling_binary("bench").expect("bench binary");
+        let bench = bench.to_string_lossy().to_string();
+        let at = format!("{server}:{}", 9100 + round);
+        lab.spawn("c2", &[&bench, "--transfer-listen", &at]);
+        for tcp in [false, true] {
+            let ns = lab.ns("c1");
+            let mut args = vec!["ip", "netns", "exec", ns.as_str(), bench.as_str()];
+            args.extend(["--transfer-to", at.as_str(), "--transfer-mb", "50"]);
+            if tcp {
+                args.push("--tcp");
+            }
+            let deadline = Instant::now() + SMALL;
+            let line = loop {
+                match lab::run(&args, None) {
+                    Ok(out) => break out.lines().last().unwrap_or("").to_string(),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "bench --transfer-to never got through: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            };
+            println!("GOODPUT at {pct} % loss, bench c1 -> c2: {line}");
+        }
     }
 }
