@@ -58,9 +58,9 @@ use std::sync::Arc;
 
 /// Largest fixed window (chunks in flight per transfer).
 pub const MAX_WINDOW: usize = 1024;
-/// Bytes in flight on a local path (loopback): under Linux's default receive buffer, which a
-/// burst on loopback fills at once.
-pub const DEFAULT_INFLIGHT_BYTES: usize = 128 * 1024;
+/// Bytes in flight on a local path (loopback): three local chunks, under Linux's default
+/// 208 KB receive buffer, which a burst on loopback fills at once.
+pub const DEFAULT_INFLIGHT_BYTES: usize = 3 * LOCAL_CHUNK_SIZE;
 /// Payload per datagram off loopback: with the frame (4 bytes) and the data header (34 bytes) a
 /// datagram of 1,438 bytes, which a 1,500-byte MTU carries unfragmented over IPv4 and IPv6
 /// (1,472 and 1,452 bytes of UDP payload), with room left for a PPPoE or VPN header.

@@ -3,6 +3,9 @@
 use super::wire::*;
 use super::*;
 
+/// Chunks at least this large are acked at once (a window of them is only a few chunks).
+const ACK_AT_ONCE_BYTES: usize = 32 * 1024;
+
 /// Receiver's reassembly buffer, created by the first valid chunk.
 pub(super) struct Assembly {
     pub(super) total_len: u64,
@@ -144,7 +147,9 @@ impl<A: Copy> Incoming<A> {
         }
         self.ack_owed += 1;
         let out_of_order = seq != old_cum || old_cum < old_high;
-        if out_of_order || self.ack_owed >= cfg.ack_every {
+        // Large chunks (loopback) are acked one by one: a window holds only a few of them.
+        let large = usize::from(asm.chunk_size) >= ACK_AT_ONCE_BYTES;
+        if out_of_order || large || self.ack_owed >= cfg.ack_every {
             self.send_ack(id, io);
         } else if self.ack_due.is_none() {
             self.ack_due = Some(now.saturating_add(cfg.ack_delay_ms));

@@ -262,6 +262,9 @@ impl<A: Copy> Outgoing<A> {
             // missing on DUP_THRESH such acks and overdue by more than the reordering window,
             // is taken as lost.
             let overdue = rack_rtt.saturating_add(self.rtt.reorder_window());
+            // Early retransmit (RFC 5827): with fewer chunks outstanding than the threshold
+            // (a window of a few large chunks), fewer acks must do.
+            let thresh = DUP_THRESH.min(u8::try_from(self.unacked).unwrap_or(u8::MAX).max(1));
             for idx in 0..self.slots.len() {
                 let Some(slot) = self.slots.get_mut(idx) else {
                     break;
@@ -270,7 +273,7 @@ impl<A: Copy> Outgoing<A> {
                     continue;
                 }
                 slot.dup = slot.dup.saturating_add(1);
-                if slot.dup >= DUP_THRESH && now >= slot.sent_at.saturating_add(overdue) {
+                if slot.dup >= thresh && now >= slot.sent_at.saturating_add(overdue) {
                     io.stats.fast_retransmits += 1;
                     self.retransmit(idx, id, now, io);
                 }
