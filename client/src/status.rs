@@ -137,10 +137,12 @@ mod tests {
     #[test]
     fn a_silent_server_is_down_and_the_majority_names_the_winner() {
         let servers = (1..=3)
-            .map(|i| ServerEntry {
-                id: i,
-                client_addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                peer_addr: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+            .map(|i| {
+                ServerEntry::new(
+                    i,
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                )
             })
             .collect();
         let cfg = ClusterConfig::with_servers(servers);
