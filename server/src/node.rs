@@ -1603,7 +1603,7 @@ fn small(reply: &Reply) -> bool {
 }
 
 /// The server id a server message says it is from, to check against the sender's address.
-fn sender_field(msg: &Msg) -> Option<ServerId> {
+pub fn sender_field(msg: &Msg) -> Option<ServerId> {
     match msg {
         Msg::Batch { from, .. }
         | Msg::Load { from, .. }
