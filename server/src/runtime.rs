@@ -308,7 +308,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         dir.len(),
         opts.policy
     ));
-    let key = crate::store::cluster_key(&opts.cfg.cluster_key_path())?;
+    let key = crate::keys::cluster_key(&opts.cfg)?;
     let guard = Guard { key, window_ms: opts.cfg.auth_window_ms };
     let mut node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
     let start = Instant::now();
