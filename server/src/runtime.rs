@@ -6,6 +6,7 @@
 //! that depends on it is sent, and sends what the node returns.
 
 use crate::election::Policy;
+use crate::keys::BadTags;
 use crate::node::{Input, Node, NodeConfig, Output, Peer};
 use crate::pool::Pool;
 use crate::store::Store;
@@ -181,6 +182,8 @@ fn spawn_receiver(
     std::thread::Builder::new().name(name.clone()).spawn(move || {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut drops = DropLog::new(&name);
+        let mut bad_tags = BadTags::default();
+        let start = Instant::now();
         loop {
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
@@ -201,7 +204,20 @@ fn spawn_receiver(
                     f
                 }
                 Err(e) => {
-                    drops.drop(from, &e.0);
+                    match &peers {
+                        // Another cluster key: said plainly, once a minute per address.
+                        Some(p) if auth::is_bad_tag(&e) => {
+                            let now = start.elapsed().as_millis() as u64;
+                            let verdict = bad_tags.record(now, from, p.by_addr.get(&from).copied());
+                            for line in verdict.log.iter().flat_map(|l| l.lines()) {
+                                common::log::log(&who, line);
+                            }
+                            if verdict.note && !server.deliver(Event::Node(Input::KeyMismatch { from })) {
+                                return;
+                            }
+                        }
+                        _ => drops.drop(from, &e.0),
+                    }
                     continue;
                 }
             };
@@ -552,6 +568,12 @@ pub fn status_table(node: &Node, now: u64) -> String {
     for p in st.peers {
         let state = if p.live { "live" } else { "failed" };
         out.push_str(&format!("  server {}: load {:>3}  {state}\n", p.id, p.load));
+    }
+    if !st.key_mismatch.is_empty() {
+        out.push_str(&format!(
+            "  frames with a bad tag (a different cluster key) from: {}\n",
+            st.key_mismatch.join(", ")
+        ));
     }
     out
 }
