@@ -3,7 +3,8 @@
 //! per address) and in their `status` answers, while those two keep serving; and a server that
 //! binds the wildcard address (`peer_bind`, `client_bind`) but is advertised at another
 //! loopback address works in a cluster, its frames coming from an address that is not its
-//! `peer_addr`.
+//! `peer_addr`. And `server --print-key`: the key alone on stdout, the file kept, bad keys in
+//! the config a clear error (exit code 2).
 
 mod support;
 
@@ -157,4 +158,56 @@ fn a_server_binding_the_wildcard_under_another_advertised_address_works() {
         assert!(c.is_alive(id), "server {id} exited");
         assert!(!c.log(id).contains("bad tag"), "server {id}:\n{}", c.log(id));
     }
+}
+
+#[test]
+fn print_key_prints_the_key_alone_and_bad_keys_are_clear_errors() {
+    ensure_built();
+    let dir = test_dir("keys-print");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let server = sibling_binary("server").expect("server");
+    let write = |name: &str, extra: &str| {
+        let path = dir.join(name);
+        let text = format!(
+            r#"{{ {extra} "data_dir": "{}", "servers": [
+                {{"id": 1, "client_addr": "127.0.0.1:7101", "peer_addr": "127.0.0.1:7201"}} ] }}"#,
+            dir.join("data").display()
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let run = |cfg: &std::path::Path| {
+        Command::new(&server).arg("--print-key").arg("--config").arg(cfg).output().expect("runs")
+    };
+    let plain = write("plain.json", "");
+    let first = run(&plain);
+    assert!(first.status.success(), "{first:?}");
+    let key = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert_eq!(key.len(), 65, "64 hex digits and a newline, nothing else: {key:?}");
+    assert!(key.trim_end().chars().all(|c| c.is_ascii_hexdigit()), "{key:?}");
+    assert!(String::from_utf8_lossy(&first.stderr).contains("created now"), "{first:?}");
+    let file = std::fs::read_to_string(dir.join("data").join("cluster.key")).expect("key file");
+    assert_eq!(file.trim(), key.trim_end());
+    let again = run(&plain);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), key, "the file is kept");
+    // The key in the config is printed as it is (lower case) and wins over no file.
+    let inline = write("inline.json", &format!(r#""cluster_key": "{}","#, "AB".repeat(32)));
+    let out = run(&inline);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", "ab".repeat(32)));
+    // A bad key is a clear config error, exit code 2, whether printing or serving.
+    let bad = write("bad.json", r#""cluster_key": "12345","#);
+    for args in [vec!["--print-key"], vec!["--id", "1"]] {
+        let out = Command::new(&server).args(&args).arg("--config").arg(&bad).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("`cluster_key`") && err.contains("exactly 64 hex digits; it has 5"), "{err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let both = write("both.json", &format!(r#""cluster_key": "{}", "cluster_key_file": "k","#, "ab".repeat(32)));
+    let out = run(&both);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
