@@ -162,9 +162,9 @@ pub struct ClusterConfig {
     /// created by the first server that starts. Default: `cluster.key` in `data_dir`.
     #[serde(default)]
     pub cluster_key_file: Option<String>,
-    /// The cluster key itself (64 hex digits), instead of `cluster_key_file`; setting both is
-    /// an error. Whoever reads the config can then act as a server: give clients a copy
-    /// without it.
+    /// The cluster key itself (64 hex digits), instead of `cluster_key_file` (which is then
+    /// not used); setting both is an error. Whoever reads the config can then act as a server:
+    /// give clients a copy without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key: Option<KeyHex>,
 }
