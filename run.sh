@@ -3,9 +3,11 @@
 #   ./run.sh demo [OPTIONS]    build (release) and play the narrated, checked classroom demo (own ports)
 #   ./run.sh                   build (release) and start every server of cluster.json in the foreground
 #   ./run.sh --simulate-failures   the same, the servers taking turns going down
+#   ./run.sh server ID [OPTIONS]   build and run only server ID in the foreground (one machine of several)
 #   ./run.sh client NAME       start a client (registers NAME on first run); pipe commands or type them
 #   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | simulate on|off | status
 #   ./run.sh status [--once]   live table of every server: up/down, load, elections won, online users
+#   ./run.sh key               print the cluster key (64 hex digits; creates the key file if missing)
 #   CONFIG=other.json ./run.sh ...   use another config
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +45,13 @@ case "${1:-}" in
     demo )
         build
         exec target/release/demo "${@:2}" ;;
+    server )
+        [ $# -ge 2 ] || { echo "usage: ./run.sh server ID [OPTIONS]" >&2; exit 2; }
+        build
+        exec target/release/server --id "$2" --config "$CONFIG" "${@:3}" ;;
+    key )
+        build
+        exec target/release/server --config "$CONFIG" --print-key "${@:2}" ;;
     status )
         build
         exec target/release/status --config "$CONFIG" "${@:2}" ;;
@@ -56,6 +65,6 @@ case "${1:-}" in
         [ -p "$ctl" ] || { echo "server $2 is not running from ./run.sh" >&2; exit 1; }
         echo "${@:3}" > "$ctl" ;;
     -h | --help | help )
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
     * ) echo "unknown command $1 (see ./run.sh --help)" >&2; exit 2 ;;
 esac

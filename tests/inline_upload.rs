@@ -110,11 +110,7 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
 fn scripted_server() -> (UdpSocket, ClusterConfig) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
-    let cfg = ClusterConfig::with_servers(vec![ServerEntry {
-        id: 1,
-        client_addr: addr,
-        peer_addr: "127.0.0.1:9".parse().unwrap(),
-    }]);
+    let cfg = ClusterConfig::with_servers(vec![ServerEntry::new(1, addr, "127.0.0.1:9".parse().unwrap())]);
     (sock, cfg)
 }
 

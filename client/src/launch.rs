@@ -59,10 +59,12 @@ impl Cluster {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let ports = free_ports(2 * n as usize)?;
         let servers = (0..n as usize)
-            .map(|i| ServerEntry {
-                id: i as u32 + 1,
-                client_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+            .map(|i| {
+                ServerEntry::new(
+                    i as u32 + 1,
+                    SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                    SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                )
             })
             .collect();
         let mut cfg = ClusterConfig::with_servers(servers);

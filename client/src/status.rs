@@ -1,6 +1,7 @@
 //! The cluster's status table, from the `status` answers of the servers themselves: each
 //! server up or down (no answer), its load, whether it would win the next request (the
-//! least-loaded live server), how many requests it won recently, and the online users.
+//! least-loaded live server), how many requests it won recently, and the online users; then
+//! the servers that receive frames with a bad tag (another cluster key), and from where.
 //! Used by the `status` binary and the demo.
 
 use common::config::{ClusterConfig, ServerId};
@@ -26,6 +27,8 @@ pub struct Row {
     pub users: Option<usize>,
     /// Online users in its directory, when up.
     pub online: Vec<String>,
+    /// Addresses it received server frames with a bad tag from lately (another cluster key).
+    pub key_mismatch: Vec<String>,
 }
 
 /// The rows of every configured server, from the answers received (a missing answer is down).
@@ -50,6 +53,7 @@ pub fn rows(cfg: &ClusterConfig, answers: &HashMap<ServerId, ServerStatus>) -> V
                 handled: Some(st.handled),
                 users: Some(st.users),
                 online: st.online.clone(),
+                key_mismatch: st.key_mismatch.clone(),
             },
             None => Row {
                 id,
@@ -60,6 +64,7 @@ pub fn rows(cfg: &ClusterConfig, answers: &HashMap<ServerId, ServerStatus>) -> V
                 handled: None,
                 users: None,
                 online: vec![],
+                key_mismatch: vec![],
             },
         })
         .collect()
@@ -108,6 +113,13 @@ pub fn render(rows: &[Row]) -> String {
         rows.len(),
         if all.is_empty() { "(none)".to_string() } else { all.join(", ") }
     ));
+    for r in rows.iter().filter(|r| !r.key_mismatch.is_empty()) {
+        out.push_str(&format!(
+            "server {}: frames from {} carry a bad tag: a different cluster key (copy the key with ./run.sh key)\n",
+            r.id,
+            r.key_mismatch.join(", ")
+        ));
+    }
     out
 }
 
@@ -131,16 +143,19 @@ mod tests {
             recent_wins: 1,
             next_winner: Some(winner),
             elections: vec![],
+            key_mismatch: vec![],
         }
     }
 
     #[test]
     fn a_silent_server_is_down_and_the_majority_names_the_winner() {
         let servers = (1..=3)
-            .map(|i| ServerEntry {
-                id: i,
-                client_addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                peer_addr: format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+            .map(|i| {
+                ServerEntry::new(
+                    i,
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                )
             })
             .collect();
         let cfg = ClusterConfig::with_servers(servers);
@@ -151,5 +166,28 @@ mod tests {
         assert_eq!(rows[0].load, Some(20));
         let text = render(&rows);
         assert!(text.contains("DOWN") && text.contains("2 of 3 servers up; online: alice"), "{text}");
+        assert!(!text.contains("bad tag"), "{text}");
+    }
+
+    #[test]
+    fn a_key_mismatch_is_shown_under_the_table() {
+        let servers = (1..=2)
+            .map(|i| {
+                ServerEntry::new(
+                    i,
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                )
+            })
+            .collect();
+        let cfg = ClusterConfig::with_servers(servers);
+        let mut two = status(2, 3, 2);
+        two.key_mismatch = vec!["10.0.0.13:7203".into()];
+        let answers: HashMap<_, _> = [(1, status(1, 20, 2)), (2, two)].into_iter().collect();
+        let text = render(&rows(&cfg, &answers));
+        assert!(
+            text.contains("server 2: frames from 10.0.0.13:7203 carry a bad tag: a different cluster key"),
+            "{text}"
+        );
     }
 }

@@ -80,6 +80,15 @@ pub fn encode_server(key: &Key, now_ms: u64, msg: &Msg) -> Vec<u8> {
     out
 }
 
+/// Why [`decode_at_server`] refused an authenticated frame whose tag is wrong.
+pub const BAD_TAG: &str = "server frame with a bad tag (not from this cluster)";
+
+/// True if [`decode_at_server`] refused a frame for its tag: an authenticated frame made under
+/// another key (a server with a different cluster key, or a forger).
+pub fn is_bad_tag(e: &WireError) -> bool {
+    e.0 == BAD_TAG
+}
+
 /// True for messages only servers may send to each other (they must come authenticated).
 pub fn is_server_msg(msg: &Msg) -> bool {
     !matches!(
@@ -104,8 +113,7 @@ pub fn decode_at_server(bytes: &[u8], key: &Key, now_ms: u64, window_ms: u64) ->
         }
         let (t, rest) = rest.split_at(32);
         let (ts, body) = rest.split_at(8);
-        crypto::verify(key, &[b"imgcloud server frame", ts, body], t)
-            .map_err(|_| WireError("server frame with a bad tag (not from this cluster)".into()))?;
+        crypto::verify(key, &[b"imgcloud server frame", ts, body], t).map_err(|_| WireError(BAD_TAG.into()))?;
         let mut ts8 = [0u8; 8];
         ts8.copy_from_slice(ts);
         let ts = u64::from_le_bytes(ts8);
@@ -225,7 +233,8 @@ mod tests {
         let msg = Msg::Token { from: 1, to: 2, round: 3 };
         let bytes = encode_server(&key, 5_000, &msg);
         assert_eq!(decode_at_server(&bytes, &key, 5_100, 1_000).unwrap(), (Frame::Ctl(msg.clone()), true));
-        assert!(decode_at_server(&bytes, &crypto::random_key(), 5_100, 1_000).is_err());
+        assert!(is_bad_tag(&decode_at_server(&bytes, &crypto::random_key(), 5_100, 1_000).unwrap_err()));
+        assert!(!is_bad_tag(&decode_at_server(&bytes, &key, 9_000, 1_000).unwrap_err()), "old, not forged");
         assert!(decode_at_server(&bytes, &key, 9_000, 1_000).is_err(), "too old");
         let mut t = bytes.clone();
         let last = t.len() - 2;

@@ -25,6 +25,76 @@ pub struct ServerEntry {
     pub client_addr: SocketAddr,
     /// Where the other servers send loads, claims and directory updates.
     pub peer_addr: SocketAddr,
+    /// The local address the server binds for clients, when not `client_addr` itself (NAT,
+    /// several interfaces: e.g. `0.0.0.0:7101`). Everything else uses `client_addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_bind: Option<SocketAddr>,
+    /// The local address the server binds for the other servers, when not `peer_addr` itself
+    /// (e.g. `0.0.0.0:7201`). Everything else uses `peer_addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_bind: Option<SocketAddr>,
+}
+
+impl ServerEntry {
+    /// A server reached, and bound, at these addresses.
+    pub fn new(id: ServerId, client_addr: SocketAddr, peer_addr: SocketAddr) -> Self {
+        ServerEntry { id, client_addr, peer_addr, client_bind: None, peer_bind: None }
+    }
+
+    /// The address its client socket binds: `client_bind`, else `client_addr`.
+    pub fn client_bind_addr(&self) -> SocketAddr {
+        self.client_bind.unwrap_or(self.client_addr)
+    }
+
+    /// The address its server socket binds: `peer_bind`, else `peer_addr`.
+    pub fn peer_bind_addr(&self) -> SocketAddr {
+        self.peer_bind.unwrap_or(self.peer_addr)
+    }
+
+    /// True if its server socket binds an address other than the one the others send to, so
+    /// its frames may come from an address that is not `peer_addr` (see the server's runtime).
+    pub fn peer_bind_differs(&self) -> bool {
+        self.peer_bind.is_some_and(|b| b != self.peer_addr)
+    }
+
+    /// Checks its addresses: advertised ones others can send to, binds of the same family and
+    /// with a port, and two sockets that can both be bound.
+    fn validate(&self) -> Result<(), String> {
+        let id = self.id;
+        for (field, a) in [("client_addr", self.client_addr), ("peer_addr", self.peer_addr)] {
+            if a.ip().is_unspecified() {
+                return Err(format!(
+                    "field `servers[id {id}].{field}`: {a} is where the others send, not a real address; \
+                     give the machine's address and bind the wildcard with `{}`",
+                    field.replace("_addr", "_bind")
+                ));
+            }
+            if a.port() == 0 {
+                return Err(format!("field `servers[id {id}].{field}`: port 0 cannot be reached"));
+            }
+        }
+        for (field, bind, adv) in
+            [("client_bind", self.client_bind, self.client_addr), ("peer_bind", self.peer_bind, self.peer_addr)]
+        {
+            let Some(b) = bind else { continue };
+            if b.port() == 0 {
+                return Err(format!("field `servers[id {id}].{field}`: port 0 (a random port) cannot be reached"));
+            }
+            if b.is_ipv4() != adv.is_ipv4() {
+                return Err(format!(
+                    "field `servers[id {id}].{field}`: {b} and the advertised {adv} must both be IPv4 or both IPv6"
+                ));
+            }
+        }
+        let (c, p) = (self.client_bind_addr(), self.peer_bind_addr());
+        let overlap = c.ip() == p.ip() || c.ip().is_unspecified() || p.ip().is_unspecified();
+        if c.port() == p.port() && overlap {
+            return Err(format!(
+                "field `servers[id {id}]`: the client socket ({c}) and the server socket ({p}) would bind the same port"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The whole cluster configuration.
@@ -92,6 +162,36 @@ pub struct ClusterConfig {
     /// created by the first server that starts. Default: `cluster.key` in `data_dir`.
     #[serde(default)]
     pub cluster_key_file: Option<String>,
+    /// The cluster key itself (64 hex digits), instead of `cluster_key_file` (which is then
+    /// not used); setting both is an error. Whoever reads the config can then act as a server:
+    /// give clients a copy without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<KeyHex>,
+}
+
+/// A cluster key written in the config (64 hex digits), never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct KeyHex(pub String);
+
+impl std::fmt::Debug for KeyHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHex(..)")
+    }
+}
+
+/// Checks a cluster key written as text: exactly 64 hex digits (surrounding blanks allowed).
+/// The error says what is wrong without repeating the key.
+pub fn check_key_hex(text: &str) -> Result<(), String> {
+    let t = text.trim();
+    if let Some(pos) = t.find(|c: char| !c.is_ascii_hexdigit()) {
+        let at = t[..pos].chars().count() + 1;
+        return Err(format!("must be 64 hex digits (0-9, a-f); character {at} is not one"));
+    }
+    if t.len() != 64 {
+        return Err(format!("must be exactly 64 hex digits; it has {}", t.len()));
+    }
+    Ok(())
 }
 
 fn d_load_interval() -> u64 {
@@ -179,6 +279,7 @@ impl ClusterConfig {
             simulate_up_ms: d_up(),
             auth_window_ms: d_auth_window(),
             cluster_key_file: None,
+            cluster_key: None,
         }
     }
 
@@ -200,6 +301,13 @@ impl ClusterConfig {
                 if !addrs.insert(a) {
                     return Err(format!("field `servers[].client_addr/peer_addr`: address {a} appears twice"));
                 }
+            }
+            s.validate()?;
+        }
+        if let Some(k) = &self.cluster_key {
+            check_key_hex(&k.0).map_err(|e| format!("field `cluster_key`: {e}"))?;
+            if self.cluster_key_file.is_some() {
+                return Err("fields `cluster_key` and `cluster_key_file`: give the key or its file, not both".into());
             }
         }
         let positive = [
@@ -294,5 +402,94 @@ mod tests {
         assert!(e.contains("invalid socket address"), "{e}");
         let e = ClusterConfig::from_json(r#"{"servers": []}"#).unwrap_err();
         assert!(e.contains("servers"), "{e}");
+    }
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+
+    fn with(field: &str) -> String {
+        THREE.replacen("\"servers\"", &format!("{field}, \"servers\""), 1)
+    }
+
+    #[test]
+    fn cluster_key_is_64_hex_digits_and_excludes_the_key_file() {
+        let c = ClusterConfig::from_json(&with(&format!("\"cluster_key\": \"{KEY}\""))).unwrap();
+        assert_eq!(c.cluster_key, Some(KeyHex(KEY.into())));
+        assert!(!format!("{c:?}").contains(KEY), "Debug must not show the key");
+        let e = ClusterConfig::from_json(&with(&format!("\"cluster_key\": \"{}\"", &KEY[..63]))).unwrap_err();
+        assert!(e.contains("`cluster_key`") && e.contains("exactly 64 hex digits; it has 63"), "{e}");
+        let e = ClusterConfig::from_json(&with(&format!("\"cluster_key\": \"{}g\"", &KEY[..63]))).unwrap_err();
+        assert!(e.contains("`cluster_key`") && e.contains("character 64 is not one"), "{e}");
+        assert!(!e.contains(&KEY[..63]), "the error must not repeat the key: {e}");
+        let e = ClusterConfig::from_json(&with("\"cluster_key\": 5")).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = ClusterConfig::from_json(&with("\"cluster_key\": \"\"")).unwrap_err();
+        assert!(e.contains("it has 0"), "{e}");
+        let both = with(&format!("\"cluster_key\": \"{KEY}\", \"cluster_key_file\": \"k\""));
+        let e = ClusterConfig::from_json(&both).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        // Written back out, a config without the field does not grow one.
+        let plain = ClusterConfig::from_json(THREE).unwrap();
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("cluster_key\"") && !text.contains("_bind"), "{text}");
+        assert_eq!(ClusterConfig::from_json(&text).unwrap(), plain);
+    }
+
+    #[test]
+    fn binds_default_to_the_advertised_addresses() {
+        let c = ClusterConfig::from_json(THREE).unwrap();
+        let s = c.server(1).unwrap();
+        assert_eq!(s.client_bind_addr(), s.client_addr);
+        assert_eq!(s.peer_bind_addr(), s.peer_addr);
+        assert!(!s.peer_bind_differs());
+        let text = THREE.replacen(
+            "\"peer_addr\": \"127.0.0.1:7201\"",
+            "\"peer_addr\": \"10.0.0.11:7201\", \"peer_bind\": \"0.0.0.0:7201\", \"client_bind\": \"0.0.0.0:7101\"",
+            1,
+        );
+        let c = ClusterConfig::from_json(&text).unwrap();
+        let s = c.server(1).unwrap();
+        assert_eq!(s.peer_bind_addr(), "0.0.0.0:7201".parse().unwrap());
+        assert_eq!(s.client_bind_addr(), "0.0.0.0:7101".parse().unwrap());
+        assert_eq!(s.peer_addr, "10.0.0.11:7201".parse().unwrap());
+        assert!(s.peer_bind_differs());
+        assert_eq!(ClusterConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap(), c);
+        // Every machine may bind the same wildcard address: binds need not be unique.
+        let all = THREE
+            .replace(
+                "\"peer_addr\": \"127.0.0.1:7201\"",
+                "\"peer_addr\": \"127.0.0.1:7201\", \"peer_bind\": \"0.0.0.0:7200\"",
+            )
+            .replace(
+                "\"peer_addr\": \"127.0.0.1:7202\"",
+                "\"peer_addr\": \"127.0.0.1:7202\", \"peer_bind\": \"0.0.0.0:7200\"",
+            );
+        assert!(ClusterConfig::from_json(&all).is_ok());
+    }
+
+    #[test]
+    fn bad_binds_and_advertised_addresses_are_named() {
+        let bind = |extra: &str| {
+            THREE.replacen(
+                "\"peer_addr\": \"127.0.0.1:7202\"",
+                &format!("\"peer_addr\": \"127.0.0.1:7202\", {extra}"),
+                1,
+            )
+        };
+        let e = ClusterConfig::from_json(&bind("\"peer_bind\": \"0.0.0.0:0\"")).unwrap_err();
+        assert!(e.contains("servers[id 2].peer_bind") && e.contains("port 0"), "{e}");
+        let e = ClusterConfig::from_json(&bind("\"peer_bind\": \"[::]:7202\"")).unwrap_err();
+        assert!(e.contains("servers[id 2].peer_bind") && e.contains("IPv4"), "{e}");
+        let e = ClusterConfig::from_json(&bind("\"client_bind\": \"0.0.0.0:7202\"")).unwrap_err();
+        assert!(e.contains("servers[id 2]") && e.contains("same port"), "{e}");
+        let e = ClusterConfig::from_json(&bind("\"peer_bind\": \"nowhere\"")).unwrap_err();
+        assert!(e.contains("invalid socket address"), "{e}");
+        let e = ClusterConfig::from_json(&bind("\"peer_bnd\": \"0.0.0.0:7202\"")).unwrap_err();
+        assert!(e.contains("peer_bnd"), "{e}");
+        let e = ClusterConfig::from_json(&THREE.replace("127.0.0.1:7203", "0.0.0.0:7203")).unwrap_err();
+        assert!(e.contains("servers[id 3].peer_addr") && e.contains("`peer_bind`"), "{e}");
+        let e = ClusterConfig::from_json(&THREE.replace("127.0.0.1:7101", "127.0.0.1:0")).unwrap_err();
+        assert!(e.contains("servers[id 1].client_addr") && e.contains("port 0"), "{e}");
+        // Different addresses on one port are fine (two interfaces).
+        assert!(ClusterConfig::from_json(&bind("\"client_bind\": \"127.0.0.5:7202\"")).is_ok());
     }
 }

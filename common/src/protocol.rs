@@ -308,6 +308,10 @@ pub struct ServerStatus {
     /// status probes are not elected and not listed).
     #[serde(default)]
     pub elections: Vec<Election>,
+    /// Addresses that sent it server frames with a bad tag in the last minute: servers with a
+    /// different cluster key (or strangers).
+    #[serde(default)]
+    pub key_mismatch: Vec<String>,
 }
 
 /// How often a server working on a client's request tells the client so ([`Msg::Working`]), ms.

@@ -4,6 +4,7 @@
 pub mod directory;
 pub mod election;
 pub mod failure;
+pub mod keys;
 pub mod load;
 pub mod node;
 pub mod pool;

@@ -1,4 +1,5 @@
-//! The server binary: parse options, load the config, run the server until Ctrl-C.
+//! The server binary: parse options, load the config, run the server until Ctrl-C — or, with
+//! `--print-key`, print the config's cluster key (creating the key file if missing) and exit.
 
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, EXIT_USAGE};
@@ -18,6 +19,12 @@ const OPTS: &[Opt] = &[
     },
     Opt { name: "simulate-failures", value: None, default: "", help: "take turns going down (classroom demo)" },
     Opt { name: "slow-ms", value: Some("MS"), default: "0", help: "extra artificial work per image (benchmark)" },
+    Opt {
+        name: "print-key",
+        value: None,
+        default: "",
+        help: "print the config's cluster key (64 hex digits; the key file is created if missing) and exit",
+    },
 ];
 
 const ABOUT: &str =
@@ -37,13 +44,17 @@ fn main() {
         }
         Err(Some(e)) => fail(&e),
     };
+    let cfg_path = args.get("config").unwrap_or("cluster.json");
+    let cfg = ClusterConfig::load(Path::new(cfg_path)).unwrap_or_else(|e| fail(&e));
+    if args.flag("print-key") {
+        print_key(&cfg, cfg_path);
+        return;
+    }
     let id = match args.num::<u32>("id") {
         Ok(Some(id)) => id,
         Ok(None) => fail("--id is required (see --help)"),
         Err(e) => fail(&e),
     };
-    let cfg_path = args.get("config").unwrap_or("cluster.json");
-    let cfg = ClusterConfig::load(Path::new(cfg_path)).unwrap_or_else(|e| fail(&e));
     if cfg.server(id).is_none() {
         fail(&format!("--id {id}: no such server in {cfg_path} (ids: {:?})", cfg.ids()));
     }
@@ -55,5 +66,28 @@ fn main() {
     if let Err(e) = run(opts) {
         eprintln!("server {id}: {e}");
         std::process::exit(1);
+    }
+}
+
+/// `--print-key`: the key alone on stdout (for `scp`-free copying into `cluster_key`), where it
+/// comes from on stderr.
+fn print_key(cfg: &ClusterConfig, cfg_path: &str) {
+    let source = match &cfg.cluster_key {
+        Some(_) => format!("field `cluster_key` of {cfg_path}"),
+        None => {
+            let path = cfg.cluster_key_path();
+            let existed = path.exists();
+            format!("{} ({})", path.display(), if existed { "existing file" } else { "created now" })
+        }
+    };
+    match server::keys::cluster_key(cfg) {
+        Ok(key) => {
+            eprintln!("server: the cluster key of {cfg_path}, from {source}:");
+            println!("{}", common::crypto::to_hex(&key));
+        }
+        Err(e) => {
+            eprintln!("server: {e}");
+            std::process::exit(1);
+        }
     }
 }

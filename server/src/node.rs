@@ -50,6 +50,7 @@
 use crate::directory::{Directory, Proposal, Vote};
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
 use crate::failure::{FailureSim, SimAction};
+use crate::keys::Mismatches;
 use crate::service;
 use common::config::{ClusterConfig, ServerId};
 use common::crypto::{Key, KeyGen, Purpose};
@@ -217,6 +218,9 @@ pub enum Input {
     Simulate { on: bool },
     /// The process is stopping: announce 999.
     Shutdown,
+    /// Frames with a bad tag (another cluster key) keep coming from `from` (the receive thread
+    /// says so at most every few seconds per address): listed in `status` for a while.
+    KeyMismatch { from: SocketAddr },
 }
 
 /// Something the shell must do.
@@ -354,6 +358,8 @@ pub struct Node {
     elections: VecDeque<Election>,
     /// Every ranking on arrival, in order (only with `record_executions`).
     pub election_log: Vec<Election>,
+    /// Addresses that sent frames with a bad tag lately (for `status`).
+    key_mismatch: Mismatches,
 }
 
 impl Node {
@@ -396,6 +402,7 @@ impl Node {
             executions: Vec::new(),
             elections: VecDeque::new(),
             election_log: Vec::new(),
+            key_mismatch: Mismatches::default(),
         };
         node.restore_votes(now);
         node
@@ -473,6 +480,7 @@ impl Node {
             recent_wins: self.recent_wins(now),
             next_winner: self.table.ranking(now, RequestId { client: 0, seq: 0 }).first().copied(),
             elections: self.elections.iter().cloned().collect(),
+            key_mismatch: self.key_mismatch.recent(now),
         }
     }
 
@@ -546,6 +554,7 @@ impl Node {
                 self.table.me_down = true;
                 self.announce(now);
             }
+            Input::KeyMismatch { from } => self.key_mismatch.note(now, from),
         }
         std::mem::take(&mut self.out)
     }
@@ -1603,7 +1612,7 @@ fn small(reply: &Reply) -> bool {
 }
 
 /// The server id a server message says it is from, to check against the sender's address.
-fn sender_field(msg: &Msg) -> Option<ServerId> {
+pub fn sender_field(msg: &Msg) -> Option<ServerId> {
     match msg {
         Msg::Batch { from, .. }
         | Msg::Load { from, .. }

@@ -6,6 +6,7 @@
 //! that depends on it is sent, and sends what the node returns.
 
 use crate::election::Policy;
+use crate::keys::BadTags;
 use crate::node::{Input, Node, NodeConfig, Output, Peer};
 use crate::pool::Pool;
 use crate::store::Store;
@@ -116,16 +117,73 @@ struct Guard {
     window_ms: u64,
 }
 
+/// Pairs (server, source address) logged as a server's frames coming from an address other
+/// than its `peer_addr`, at most.
+const MAX_ROAMING_LOGGED: usize = 32;
+
+/// Who is who on the server port. A server is known by the address its frames come from: its
+/// advertised `peer_addr`. A server that binds another address (`peer_bind`, e.g. `0.0.0.0`)
+/// sends from whatever address the kernel picks for the route, which may not be `peer_addr`
+/// (several interfaces, NAT); for those servers only, an authenticated frame from an address
+/// that is no server's is taken as sent by the server it names. The frame's tag proves it was
+/// made with the cluster key; a copy replayed from elsewhere within the replay window is a
+/// duplicate, which the protocol tolerates as it tolerates the network's.
+struct Peers {
+    me: ServerId,
+    by_addr: HashMap<SocketAddr, ServerId>,
+    roaming: HashMap<ServerId, (SocketAddr, SocketAddr)>,
+    logged: std::collections::BTreeSet<(ServerId, SocketAddr)>,
+}
+
+impl Peers {
+    fn new(cfg: &ClusterConfig, me: ServerId) -> Self {
+        Peers {
+            me,
+            by_addr: cfg.servers.iter().map(|s| (s.peer_addr, s.id)).collect(),
+            roaming: cfg
+                .servers
+                .iter()
+                .filter(|s| s.id != me && s.peer_bind_differs())
+                .map(|s| (s.id, (s.peer_addr, s.peer_bind_addr())))
+                .collect(),
+            logged: Default::default(),
+        }
+    }
+
+    /// The server that sent `frame` from `from`, if it is one of this cluster's.
+    fn identify(&mut self, from: SocketAddr, frame: &Frame, who: &str) -> Option<ServerId> {
+        if let Some(&id) = self.by_addr.get(&from) {
+            return Some(id);
+        }
+        let Frame::Ctl(msg) = frame else { return None };
+        let id = crate::node::sender_field(msg).filter(|id| *id != self.me)?;
+        let (advertised, bind) = self.roaming.get(&id)?;
+        if self.logged.len() < MAX_ROAMING_LOGGED && self.logged.insert((id, from)) {
+            common::log::log(
+                who,
+                &format!(
+                    "server {id}'s frames come from {from}, not its peer_addr {advertised}: taken as its own \
+                     (authenticated; it binds {bind})"
+                ),
+            );
+        }
+        Some(id)
+    }
+}
+
 fn spawn_receiver(
     name: String,
+    who: String,
     sock: UdpSocket,
-    peers: Option<HashMap<SocketAddr, ServerId>>,
+    mut peers: Option<Peers>,
     guard: Guard,
     server: Arc<Server>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name.clone()).spawn(move || {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut drops = DropLog::new(&name);
+        let mut bad_tags = BadTags::default();
+        let start = Instant::now();
         loop {
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
@@ -146,14 +204,27 @@ fn spawn_receiver(
                     f
                 }
                 Err(e) => {
-                    drops.drop(from, &e.0);
+                    match &peers {
+                        // Another cluster key: said plainly, once a minute per address.
+                        Some(p) if auth::is_bad_tag(&e) => {
+                            let now = start.elapsed().as_millis() as u64;
+                            let verdict = bad_tags.record(now, from, p.by_addr.get(&from).copied());
+                            for line in verdict.log.iter().flat_map(|l| l.lines()) {
+                                common::log::log(&who, line);
+                            }
+                            if verdict.note && !server.deliver(Event::Node(Input::KeyMismatch { from })) {
+                                return;
+                            }
+                        }
+                        _ => drops.drop(from, &e.0),
+                    }
                     continue;
                 }
             };
-            let peer = match &peers {
+            let peer = match peers.as_mut() {
                 None => Peer::Client(from),
-                Some(map) => match map.get(&from) {
-                    Some(&id) => Peer::Server(id),
+                Some(p) => match p.identify(from, &frame, &who) {
+                    Some(id) => Peer::Server(id),
                     None => {
                         drops.drop(from, "not a server of this cluster");
                         continue;
@@ -224,24 +295,36 @@ pub fn run(opts: Options) -> Result<(), String> {
     let who = format!("server {}", opts.id);
     let log = |line: &str| common::log::log(&who, line);
     let me = opts.cfg.server(opts.id).ok_or(format!("server id {} is not in the config", opts.id))?.clone();
-    let client_sock = UdpSocket::bind(me.client_addr).map_err(|e| format!("cannot bind {}: {e}", me.client_addr))?;
-    let peer_sock = UdpSocket::bind(me.peer_addr).map_err(|e| format!("cannot bind {}: {e}", me.peer_addr))?;
+    let bind = |addr: SocketAddr, field: &str| {
+        UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr} (`{field}` of server {}): {e}", opts.id))
+    };
+    let (client_bind, peer_bind) = (me.client_bind_addr(), me.peer_bind_addr());
+    let client_sock = bind(client_bind, if me.client_bind.is_some() { "client_bind" } else { "client_addr" })?;
+    let peer_sock = bind(peer_bind, if me.peer_bind.is_some() { "peer_bind" } else { "peer_addr" })?;
+    // Messages go to the advertised addresses; the binds are only where this server listens.
     let peer_addrs: HashMap<ServerId, SocketAddr> = opts.cfg.servers.iter().map(|s| (s.id, s.peer_addr)).collect();
-    let peer_ids: HashMap<SocketAddr, ServerId> = opts.cfg.servers.iter().map(|s| (s.peer_addr, s.id)).collect();
+    let peer_ids = Peers::new(&opts.cfg, opts.id);
 
     let mut store = Store::open(&opts.data_dir, opts.id)?;
     let (dir, warning) = store.load();
     if let Some(w) = warning {
         log(&w);
     }
+    let bound = |adv: SocketAddr, bound: SocketAddr| {
+        if adv == bound {
+            adv.to_string()
+        } else {
+            format!("{adv} (bound {bound})")
+        }
+    };
     log(&format!(
         "listening for clients on {}, servers on {}; {} users in the directory; policy {:?}",
-        me.client_addr,
-        me.peer_addr,
+        bound(me.client_addr, client_bind),
+        bound(me.peer_addr, peer_bind),
         dir.len(),
         opts.policy
     ));
-    let key = crate::store::cluster_key(&opts.cfg.cluster_key_path())?;
+    let key = crate::keys::cluster_key(&opts.cfg)?;
     let guard = Guard { key, window_ms: opts.cfg.auth_window_ms };
     let mut node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
     let start = Instant::now();
@@ -263,8 +346,10 @@ pub fn run(opts: Options) -> Result<(), String> {
         Server { shell, start, done: done_tx, core: Mutex::new(Core { node, services, store, stopped: false }) }
     });
 
-    spawn_receiver(format!("{who} clients"), client_sock, None, guard.clone(), server.clone()).map_err(err)?;
-    spawn_receiver(format!("{who} servers"), peer_sock, Some(peer_ids), guard, server.clone()).map_err(err)?;
+    spawn_receiver(format!("{who} clients"), who.clone(), client_sock, None, guard.clone(), server.clone())
+        .map_err(err)?;
+    spawn_receiver(format!("{who} servers"), who.clone(), peer_sock, Some(peer_ids), guard, server.clone())
+        .map_err(err)?;
     let load_server = server.clone();
     load::spawn(Duration::from_millis(opts.cfg.load_interval_ms), move |s| {
         load_server.deliver(Event::Node(Input::LoadSample { cpu_percent: s.cpu_percent, rss_kb: s.rss_kb }))
@@ -483,6 +568,12 @@ pub fn status_table(node: &Node, now: u64) -> String {
     for p in st.peers {
         let state = if p.live { "live" } else { "failed" };
         out.push_str(&format!("  server {}: load {:>3}  {state}\n", p.id, p.load));
+    }
+    if !st.key_mismatch.is_empty() {
+        out.push_str(&format!(
+            "  frames with a bad tag (a different cluster key) from: {}\n",
+            st.key_mismatch.join(", ")
+        ));
     }
     out
 }

@@ -280,11 +280,7 @@ impl Lab {
         let servers = (1..=3u32)
             .map(|id| {
                 let ip = ip_of(&format!("s{id}"));
-                ServerEntry {
-                    id,
-                    client_addr: SocketAddr::from((ip, 7100 + id as u16)),
-                    peer_addr: SocketAddr::from((ip, 7200 + id as u16)),
-                }
+                ServerEntry::new(id, SocketAddr::from((ip, 7100 + id as u16)), SocketAddr::from((ip, 7200 + id as u16)))
             })
             .collect();
         let mut cfg = ClusterConfig::with_servers(servers);
