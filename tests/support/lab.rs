@@ -143,8 +143,10 @@ pub struct Lab {
     pub dir: PathBuf,
     /// The cluster config written to `dir/cluster.json`.
     pub cfg: ClusterConfig,
-    /// Where the config is.
+    /// Where the servers' config is (with the cluster key in it, as on three machines).
     pub config_path: PathBuf,
+    /// Where the clients' config is: the same without the key.
+    pub client_config_path: PathBuf,
     /// When this lab got its turn (after waiting for any other lab of this process).
     pub since: Instant,
     /// Keep `dir` (logs, data) when dropped; it is also kept when dropped by a panic.
@@ -170,6 +172,7 @@ impl Lab {
         let mut lab = Lab {
             name,
             config_path: dir.join("cluster.json"),
+            client_config_path: dir.join("client.json"),
             since,
             keep: false,
             dir,
@@ -287,8 +290,22 @@ impl Lab {
         cfg.data_dir = self.dir.join("data").to_string_lossy().into_owned();
         cfg.images_dir = std::fs::canonicalize("images").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         cfg.validate().expect("lab config");
-        std::fs::write(&self.config_path, serde_json::to_string_pretty(&cfg).expect("json")).expect("config written");
-        self.cfg = cfg;
+        std::fs::write(&self.client_config_path, serde_json::to_string_pretty(&cfg).expect("json")).expect("config");
+        // As the README's "On three machines" says: the key is created once (`server
+        // --print-key`) and carried to every server in the config; no key file is left for a
+        // server to find, and the clients' config has no key.
+        let server = client::launch::sibling_binary("server").expect("server binary");
+        let out = Command::new(server).arg("--print-key").arg("--config").arg(&self.client_config_path).output();
+        let out = out.expect("server --print-key runs");
+        assert!(out.status.success(), "server --print-key: {}", String::from_utf8_lossy(&out.stderr));
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(key.len(), 64, "--print-key printed {key:?}");
+        std::fs::remove_file(cfg.cluster_key_path()).expect("the key file --print-key created");
+        let mut v = serde_json::to_value(&cfg).expect("json");
+        v["cluster_key"] = serde_json::Value::String(key);
+        let with_key: ClusterConfig = serde_json::from_value(v).expect("config with cluster_key");
+        std::fs::write(&self.config_path, serde_json::to_string_pretty(&with_key).expect("json")).expect("config");
+        self.cfg = with_key;
     }
 
     /// A command that runs `bin` inside host `host`'s namespace.
@@ -456,7 +473,7 @@ impl LabClient {
         let mut child = lab
             .command(host, &bin)
             .args(["--name", name, "--config"])
-            .arg(&lab.config_path)
+            .arg(&lab.client_config_path)
             .arg("--data")
             .arg(lab.dir.join(format!("client-{name}")))
             .stdin(Stdio::piped())
