@@ -305,6 +305,10 @@ impl Services {
             TransferEvent::Failed { id, outgoing: true, reason, peer } => {
                 common::log::log(&format!("server {}", self.id), &format!("result {id:x} to {peer} failed: {reason}"));
             }
+            TransferEvent::Resumed { id, peer, held, total } => {
+                let text = format!("upload {id:x} from {peer} resumes with {held} of {total} bytes held");
+                common::log::log(&format!("server {}", self.id), &text);
+            }
             TransferEvent::Sent { .. } | TransferEvent::Progress { .. } | TransferEvent::Dropped { .. } => {}
         }
     }

@@ -30,6 +30,18 @@
 //! when every chunk is acknowledged. Either side abandons a transfer whose peer has been
 //! silent for `give_up_ms` ([`TransferEvent::Failed`]) and frees its memory.
 //!
+//! # Resuming
+//!
+//! An incoming transfer that breaks off (its sender silent for `give_up_ms`, a cancel by either
+//! side) keeps its partial payload, at most `resume_bytes` in all for `resume_ms`. When a later
+//! transfer, under any id and from any peer, announces the same shape (the payload's length,
+//! chunking and CRC-32), the receiver adopts the partial ([`TransferEvent::Resumed`]) and acks at
+//! once; the sender takes a cumulative ack beyond what it sent, or bitmap bits for chunks it has
+//! not sent yet, as chunks it need not send. Nothing changes on the wire. The shell may save the
+//! partials ([`Transfers::partials`]) and give them back after a restart ([`Transfers::restore`]).
+//! If adopted bytes were wrong after all, the CRC-32 fails, the partial is dropped and the next
+//! retry starts from zero.
+//!
 //! # Wire format (all integers little-endian)
 //!
 //! ```text
@@ -44,12 +56,15 @@
 
 pub mod cc;
 mod recv;
+mod resume;
 mod send;
 mod wire;
 
+pub use resume::{Partial, PartialView, Shape};
 pub use wire::*;
 
 use recv::{Closed, InStep, Incoming, Recent};
+use resume::Parked;
 use send::{Outgoing, Rtt};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -127,6 +142,10 @@ pub struct TransferConfig {
     pub recent_capacity: usize,
     /// Payloads larger than this emit `Progress` events every this many bytes (0: never).
     pub progress_step: u64,
+    /// Bytes of partial payloads kept for resuming (oldest out first; 0: never resume).
+    pub resume_bytes: usize,
+    /// How long a partial payload is kept for resuming, ms.
+    pub resume_ms: u64,
 }
 
 impl Default for TransferConfig {
@@ -145,6 +164,8 @@ impl Default for TransferConfig {
             max_incoming: 64,
             recent_capacity: 1024,
             progress_step: 1024 * 1024,
+            resume_bytes: 64 * 1024 * 1024,
+            resume_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -183,6 +204,8 @@ impl TransferConfig {
             max_incoming: self.max_incoming,
             recent_capacity: self.recent_capacity,
             progress_step: self.progress_step,
+            resume_bytes: self.resume_bytes,
+            resume_ms: self.resume_ms.max(1),
         }
     }
 }
@@ -227,6 +250,18 @@ pub enum TransferEvent<A> {
         outgoing: bool,
         /// Bytes acknowledged (outgoing) or received (incoming).
         done: u64,
+        /// Payload length.
+        total: u64,
+    },
+    /// An incoming transfer carries the same bytes as one that broke off earlier: it starts
+    /// from the `held` bytes kept (the sender sends only the rest).
+    Resumed {
+        /// The transfer.
+        id: TransferId,
+        /// The sender.
+        peer: A,
+        /// Bytes already held.
+        held: u64,
         /// Payload length.
         total: u64,
     },
@@ -311,6 +346,7 @@ pub struct Transfers<A: Copy + Eq + Hash + fmt::Debug + PathHint> {
     out: BTreeMap<TransferId, Outgoing<A>>,
     inc: BTreeMap<TransferId, Incoming<A>>,
     recent: Recent<A>,
+    parked: Parked,
     peer_rtt: HashMap<A, Rtt>,
     io: Io<A>,
 }
@@ -323,6 +359,7 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             out: BTreeMap::new(),
             inc: BTreeMap::new(),
             recent: Recent { map: HashMap::new(), order: VecDeque::new() },
+            parked: Parked::default(),
             peer_rtt: HashMap::new(),
             io: Io { outbox: VecDeque::new(), events: VecDeque::new(), order: 0, stats: TransferStats::default() },
         }
@@ -375,6 +412,7 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             rtt,
             backoff: 0,
             next_progress: self.cfg.progress_step,
+            held_ahead: Vec::new(),
         };
         o.pump(id, now, &self.cfg, &mut self.io);
         self.out.insert(id, o);
@@ -444,7 +482,9 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             }
             TransferMsg::Cancel { id, by: Side::Sender, reason } => {
                 if self.inc.get(&id).is_some_and(|i| i.from == from) {
-                    self.inc.remove(&id);
+                    if let Some(asm) = self.inc.remove(&id).and_then(|i| i.asm) {
+                        self.parked.park(now, asm, self.cfg.resume_bytes);
+                    }
                     self.recent.insert(self.cfg.recent_capacity, id, from, Closed::Failed(reason));
                     let reason = format!("cancelled by sender: {reason}");
                     self.io.events.push_back(TransferEvent::Failed { id, peer: from, outgoing: false, reason });
@@ -481,10 +521,10 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             self.io.dropped(id, from, "data from a peer other than the expected one");
             return;
         }
-        match inc.on_data(now, d, &self.cfg, &mut self.io) {
+        match inc.on_data(now, d, &mut self.parked, &self.cfg, &mut self.io) {
             InStep::Continue => {}
             InStep::Complete(payload) => {
-                let total_chunks = inc.asm.as_ref().map_or(1, |a| a.total_chunks);
+                let total_chunks = inc.asm.as_ref().map_or(1, |a| a.shape.total_chunks);
                 self.inc.remove(&id);
                 self.recent.insert(self.cfg.recent_capacity, id, from, Closed::Completed { total_chunks });
                 self.io.events.push_back(TransferEvent::Received { id, from, payload });
@@ -505,7 +545,8 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
 
     /// Advances timers to `now`: retransmissions, delayed acks, giving up on silent peers.
     pub fn tick(&mut self, now: u64) {
-        let Transfers { cfg, out, inc, recent, io, .. } = self;
+        let Transfers { cfg, out, inc, recent, parked, io, .. } = self;
+        parked.expire(now, cfg.resume_ms);
         out.retain(|&id, o| {
             if o.tick(id, now, cfg, io) {
                 return true;
@@ -520,6 +561,9 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
                 return true;
             }
             let reason = CancelReason::GaveUp;
+            if let Some(asm) = i.asm.take() {
+                parked.park(now, asm, cfg.resume_bytes);
+            }
             recent.insert(cfg.recent_capacity, id, i.from, Closed::Failed(reason));
             io.outbox.push_back((i.from, TransferMsg::Cancel { id, by: Side::Receiver, reason }));
             let reason = format!("sender silent for {} ms", now.saturating_sub(i.last_heard));
@@ -544,14 +588,14 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             return Some((o.acked_bytes, o.total_len()));
         }
         let i = self.inc.get(&id)?;
-        Some(i.asm.as_ref().map_or((0, 0), |a| (a.got_bytes, a.total_len)))
+        Some(i.asm.as_ref().map_or((0, 0), |a| (a.got_bytes, a.shape.total_len)))
     }
 
     /// Earliest time at which `tick` has something to do (`None`: nothing is running).
     pub fn next_deadline(&self) -> Option<u64> {
         let outs = self.out.values().map(|o| o.deadline(&self.cfg));
         let ins = self.inc.values().map(|i| i.deadline(&self.cfg));
-        outs.chain(ins).min()
+        outs.chain(ins).chain(self.parked.deadline(self.cfg.resume_ms)).min()
     }
 
     /// Cancels transfer `id` in both directions, telling the peer; `Failed` follows. False if unknown.
@@ -564,11 +608,36 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             let text = "cancelled locally".to_string();
             self.io.events.push_back(TransferEvent::Failed { id, peer: o.to, outgoing: true, reason: text });
         }
-        if let Some(i) = self.inc.remove(&id) {
+        if let Some(mut i) = self.inc.remove(&id) {
             found = true;
+            if let Some(asm) = i.asm.take() {
+                self.parked.park(i.last_heard, asm, self.cfg.resume_bytes);
+            }
             self.fail_incoming(id, i.from, reason, "locally".to_string());
         }
         found
+    }
+
+    /// Partial payloads held for resuming: those of running incoming transfers, then those
+    /// kept after a transfer broke off (for the shell to save across a restart).
+    pub fn partials(&self) -> Vec<PartialView<'_>> {
+        let running = self.inc.values().filter_map(|i| i.asm.as_ref()).filter(|a| a.got_bytes > 0);
+        running.chain(self.parked.iter()).map(|a| a.view()).collect()
+    }
+
+    /// Keeps a saved partial payload for resuming, as if its transfer had broken off at `now`.
+    pub fn restore(&mut self, now: u64, p: Partial) -> Result<(), TransferError> {
+        if p.shape.total_len > self.cfg.max_payload as u64 {
+            return Err(TransferError::TooLarge { len: p.shape.total_len, max: self.cfg.max_payload as u64 });
+        }
+        let asm = recv::Assembly::from_partial(p).map_err(TransferError::Invalid)?;
+        self.parked.park(now, asm, self.cfg.resume_bytes);
+        Ok(())
+    }
+
+    /// Bytes of partial payloads kept for resuming.
+    pub fn parked_bytes(&self) -> usize {
+        self.parked.bytes()
     }
 
     /// The application heard from the other end of transfer `id` by another way (for example

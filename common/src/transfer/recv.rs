@@ -1,5 +1,6 @@
 //! The receiving end of one transfer: reassembly, selective acks, recently closed ids.
 
+use super::resume::{Parked, Shape};
 use super::wire::*;
 use super::*;
 
@@ -8,10 +9,7 @@ const ACK_AT_ONCE_BYTES: usize = 32 * 1024;
 
 /// Receiver's reassembly buffer, created by the first valid chunk.
 pub(super) struct Assembly {
-    pub(super) total_len: u64,
-    pub(super) total_chunks: u32,
-    pub(super) chunk_size: u16,
-    pub(super) checksum: u32,
+    pub(super) shape: Shape,
     pub(super) buf: Vec<u8>,
     pub(super) have: Vec<u64>,
     /// Every chunk below this is held.
@@ -79,52 +77,58 @@ impl<A: Copy> Incoming<A> {
         self.ack_due = None;
     }
 
-    pub(super) fn on_data(&mut self, now: u64, d: DataChunk, cfg: &TransferConfig, io: &mut Io<A>) -> InStep {
+    pub(super) fn on_data(
+        &mut self,
+        now: u64,
+        d: DataChunk,
+        parked: &mut Parked,
+        cfg: &TransferConfig,
+        io: &mut Io<A>,
+    ) -> InStep {
         let id = d.id;
         self.last_heard = now;
+        let shape = Shape::of(&d);
+        let mut resumed = false;
         if self.asm.is_none() {
             let max = self.max_len as u64;
             if d.total_len > max {
                 return InStep::Fail(CancelReason::TooLarge, format!("{} bytes > limit {max}", d.total_len));
             }
-            let Ok(n) = usize::try_from(d.total_len) else {
-                return InStep::Fail(CancelReason::TooLarge, "length does not fit memory".into());
-            };
-            let mut buf = Vec::new();
-            if buf.try_reserve_exact(n).is_err() {
-                return InStep::Fail(CancelReason::NoMemory, format!("cannot reserve {n} bytes"));
+            if let Some(a) = parked.take(shape) {
+                // The same bytes broke off earlier: start from what is held.
+                io.events.push_back(TransferEvent::Resumed {
+                    id,
+                    peer: self.from,
+                    held: a.got_bytes,
+                    total: shape.total_len,
+                });
+                self.asm = Some(a);
+                resumed = true;
+            } else {
+                let Some(a) = Assembly::empty(shape) else {
+                    return InStep::Fail(CancelReason::NoMemory, format!("cannot reserve {} bytes", d.total_len));
+                };
+                self.asm = Some(a);
             }
-            buf.resize(n, 0);
-            self.asm = Some(Assembly {
-                total_len: d.total_len,
-                total_chunks: d.total_chunks,
-                chunk_size: d.chunk_size,
-                checksum: d.checksum,
-                buf,
-                have: vec![0u64; (d.total_chunks as usize).div_ceil(64)],
-                cum: 0,
-                high: 0,
-                got_bytes: 0,
-            });
         }
         let Some(asm) = self.asm.as_mut() else {
             return InStep::Continue;
         };
-        if (asm.total_len, asm.total_chunks, asm.chunk_size, asm.checksum)
-            != (d.total_len, d.total_chunks, d.chunk_size, d.checksum)
-        {
+        if asm.shape != shape {
             return InStep::Fail(CancelReason::Protocol, "chunks disagree on the transfer's shape".into());
         }
         let seq = d.seq;
-        if seq >= asm.total_chunks {
+        if seq >= asm.shape.total_chunks {
             return InStep::Fail(CancelReason::Protocol, "chunk seq out of range".into());
         }
         if asm.has(u64::from(seq)) {
-            io.stats.duplicates += 1;
+            if !resumed {
+                io.stats.duplicates += 1;
+            }
             self.send_ack(id, io);
             return InStep::Continue;
         }
-        let start = (seq as usize).saturating_mul(usize::from(asm.chunk_size));
+        let start = (seq as usize).saturating_mul(usize::from(asm.shape.chunk_size));
         let Some(dst) = asm.buf.get_mut(start..start.saturating_add(d.data.len())) else {
             return InStep::Fail(CancelReason::Protocol, "chunk outside the payload".into());
         };
@@ -133,12 +137,12 @@ impl<A: Copy> Incoming<A> {
         asm.got_bytes += d.data.len() as u64;
         let (old_cum, old_high) = (asm.cum, asm.high);
         asm.high = asm.high.max(seq + 1);
-        while asm.cum < asm.total_chunks && asm.has(u64::from(asm.cum)) {
+        while asm.cum < asm.shape.total_chunks && asm.has(u64::from(asm.cum)) {
             asm.cum += 1;
         }
-        let (done, total) = (asm.got_bytes, asm.total_len);
-        if asm.cum >= asm.total_chunks {
-            if crc32(&asm.buf) != asm.checksum {
+        let (done, total) = (asm.got_bytes, asm.shape.total_len);
+        if asm.cum >= asm.shape.total_chunks {
+            if crc32(&asm.buf) != asm.shape.checksum {
                 return InStep::Fail(CancelReason::ChecksumMismatch, "payload checksum mismatch".into());
             }
             let payload = std::mem::take(&mut asm.buf);
@@ -148,8 +152,9 @@ impl<A: Copy> Incoming<A> {
         self.ack_owed += 1;
         let out_of_order = seq != old_cum || old_cum < old_high;
         // Large chunks (loopback) are acked one by one: a window holds only a few of them.
-        let large = usize::from(asm.chunk_size) >= ACK_AT_ONCE_BYTES;
-        if out_of_order || large || self.ack_owed >= cfg.ack_every {
+        let large = usize::from(asm.shape.chunk_size) >= ACK_AT_ONCE_BYTES;
+        // A resumed transfer tells the sender at once what it need not send.
+        if resumed || out_of_order || large || self.ack_owed >= cfg.ack_every {
             self.send_ack(id, io);
         } else if self.ack_due.is_none() {
             self.ack_due = Some(now.saturating_add(cfg.ack_delay_ms));

@@ -85,6 +85,9 @@ pub(super) struct Outgoing<A> {
     /// The congestion controller.
     pub(super) cc: Bbr,
     pub(super) next_progress: u64,
+    /// Chunks not yet sent that the receiver already holds (a resumed transfer), bit `i % 64`
+    /// of word `i / 64`; empty until an ack shows one.
+    pub(super) held_ahead: Vec<u64>,
 }
 
 impl<A: Copy> Outgoing<A> {
@@ -131,10 +134,42 @@ impl<A: Copy> Outgoing<A> {
         self.next_new < self.total_chunks && ((self.next_new - self.base) as usize) < Self::max_span(cfg)
     }
 
-    /// Sends new chunks while the congestion window and the pacing allow.
+    fn held_ahead(&self, seq: u32) -> bool {
+        self.held_ahead.get(seq as usize / 64).is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    /// Notes that the receiver holds chunk `seq`, not sent yet.
+    fn note_held_ahead(&mut self, seq: u32) {
+        if seq >= self.total_chunks {
+            return;
+        }
+        if self.held_ahead.is_empty() {
+            self.held_ahead = vec![0; (self.total_chunks as usize).div_ceil(64)];
+        }
+        if let Some(w) = self.held_ahead.get_mut(seq as usize / 64) {
+            *w |= 1 << (seq % 64);
+        }
+    }
+
+    /// Sends new chunks while the congestion window and the pacing allow, skipping those the
+    /// receiver already holds.
     pub(super) fn pump(&mut self, id: TransferId, now: u64, cfg: &TransferConfig, io: &mut Io<A>) {
-        while self.has_new(cfg) && self.cc.can_send(now, self.inflight(), self.chunk_size) {
+        while self.has_new(cfg) {
             let seq = self.next_new;
+            if self.held_ahead(seq) {
+                self.next_new += 1;
+                self.acked_bytes += self.chunk_len(seq);
+                if self.slots.is_empty() && self.base == seq {
+                    self.base += 1;
+                } else {
+                    let delivered = self.cc.delivered();
+                    self.slots.push_back(Slot { sent_at: now, order: 0, tx: 0, dup: 0, acked: true, delivered });
+                }
+                continue;
+            }
+            if !self.cc.can_send(now, self.inflight(), self.chunk_size) {
+                break;
+            }
             let order = io.next_order();
             self.cc.on_sent(self.chunk_len(seq) as usize);
             let delivered = self.cc.delivered();
@@ -177,7 +212,7 @@ impl<A: Copy> Outgoing<A> {
         io: &mut Io<A>,
     ) -> bool {
         self.last_heard = now;
-        if cum > self.next_new {
+        if cum > self.total_chunks {
             io.stats.ignored += 1;
             return false;
         }
@@ -211,6 +246,15 @@ impl<A: Copy> Outgoing<A> {
                 note(&slot);
             }
         }
+        // A resumed transfer: the receiver already holds chunks never sent. They are not
+        // deliveries the path made, so the controller does not count them.
+        let mut skipped = 0u64;
+        while self.base < cum {
+            skipped += self.chunk_len(self.base);
+            self.base += 1;
+        }
+        self.next_new = self.next_new.max(self.base);
+        self.acked_bytes += skipped;
         let first = u64::from(cum) + 1;
         for (i, &byte) in sack.iter().enumerate() {
             if byte == 0 {
@@ -222,6 +266,7 @@ impl<A: Copy> Outgoing<A> {
                 }
                 let seq = first + (i as u64) * 8 + bit;
                 if seq >= u64::from(self.next_new) {
+                    self.note_held_ahead(u32::try_from(seq).unwrap_or(u32::MAX));
                     continue;
                 }
                 let Some(idx) = seq.checked_sub(u64::from(self.base)) else {
@@ -257,7 +302,7 @@ impl<A: Copy> Outgoing<A> {
                 self.rtt.sample(rack_rtt, cfg);
             }
             let inflight = self.inflight();
-            self.cc.on_ack(now, self.acked_bytes - acked_before, sent_delivered, sample, inflight);
+            self.cc.on_ack(now, self.acked_bytes - acked_before - skipped, sent_delivered, sample, inflight);
             // Fast retransmit (RACK-like): a chunk sent before one that just got acked, still
             // missing on DUP_THRESH such acks and overdue by more than the reordering window,
             // is taken as lost.
@@ -285,7 +330,11 @@ impl<A: Copy> Outgoing<A> {
             return true;
         }
         self.pump(id, now, cfg, io);
-        false
+        while self.slots.front().is_some_and(|s| s.acked) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        self.base >= self.total_chunks
     }
 
     /// Timers; returns false when the transfer must be abandoned.
