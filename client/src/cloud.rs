@@ -3,6 +3,7 @@
 //! server that accepted it and downloads the result — all through the socket-free state
 //! machines of `common` (requester, transfers).
 
+use crate::partials::Mirror;
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::protocol::{
     decode, encode_attached, encode_msg, encode_xfer, transfer_id, Answer, Frame, Msg, Op, Reply, RequestId,
@@ -13,6 +14,7 @@ use common::transfer::{TransferEvent, TransferMsg, Transfers};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +118,8 @@ pub struct CallResult {
     pub reply: Reply,
     /// The downloaded result, for requests that return bytes.
     pub blob: Option<Vec<u8>>,
+    /// Bytes of the result already held from an earlier, interrupted download (0: none).
+    pub resumed: u64,
 }
 
 /// How long `call` waits for a datagram before running its timers.
@@ -181,6 +185,8 @@ pub struct Cloud {
     /// Called with (what, done, total) while a payload over 1 MB moves, and with `done >= total`
     /// when it stops moving.
     pub progress: Option<ProgressFn>,
+    /// The partials of downloads, kept on disk across a restart (see [`Cloud::keep_partials`]).
+    mirror: Option<Mirror>,
 }
 
 fn bind_addr(cfg: &ClusterConfig) -> SocketAddr {
@@ -268,6 +274,7 @@ impl Cloud {
             secret: None,
             health,
             progress: None,
+            mirror: None,
         }
     }
 
@@ -303,6 +310,14 @@ impl Cloud {
                 }
             }
         }
+    }
+
+    /// Keeps the partials of downloads in `dir`, so that a download cut off by a restart
+    /// resumes when the request is made again; what `dir` holds is loaded now.
+    pub fn keep_partials(&mut self, dir: PathBuf) -> Result<(), String> {
+        let now = self.now();
+        self.mirror = Some(Mirror::attach(dir, &mut self.transfers, now)?);
+        Ok(())
     }
 
     /// The user's secret: from now on, requests that act for the user are signed with it.
@@ -386,6 +401,9 @@ impl Cloud {
         max_wait: Option<Duration>,
     ) -> Result<CallResult, String> {
         let result = self.run_call(op, payload, max_wait);
+        if let Some(m) = self.mirror.as_mut() {
+            m.checkpoint(&self.transfers);
+        }
         // Whatever happened, the progress line (if any) ends here.
         if let Some(p) = self.progress.as_mut() {
             p("", 0, 0);
@@ -409,6 +427,7 @@ impl Cloud {
             None => self.multicast(&msg),
         }
         let mut uploading: Option<(ServerId, u64)> = None;
+        let mut resumed = 0u64;
         let mut reply: Option<Reply> = None;
         let mut blob: Option<(SocketAddr, Vec<u8>)> = None;
         let mut want_blob: Option<u64> = None;
@@ -426,7 +445,7 @@ impl Cloud {
                     blob = None;
                 }
                 if want_blob.is_none() || blob.is_some() {
-                    return Ok(CallResult { reply: r.clone(), blob: blob.map(|(_, b)| b) });
+                    return Ok(CallResult { reply: r.clone(), blob: blob.map(|(_, b)| b), resumed });
                 }
                 if let Some(e) = transfer_error.take() {
                     return Err(e);
@@ -489,6 +508,9 @@ impl Cloud {
             }
             let now = self.now();
             self.transfers.tick(now);
+            if let Some(m) = self.mirror.as_mut() {
+                m.tick(now, &self.transfers);
+            }
             self.flush_transfers();
             while let Some(ev) = self.transfers.poll_event() {
                 match ev {
@@ -507,6 +529,9 @@ impl Cloud {
                         };
                         let dir = if outgoing { "upload to" } else { "download from" };
                         transfer_error = Some(format!("transfer failed: {dir} {who}: {reason}"));
+                    }
+                    TransferEvent::Resumed { id, held, .. } if Some(id) == want_blob || id == transfer_id(rid, 1) => {
+                        resumed = held;
                     }
                     TransferEvent::Progress { total, done, outgoing, .. } => {
                         if let Some(p) = self.progress.as_mut() {

@@ -9,7 +9,6 @@ use common::auth::{own_image_aad, share_aad, shared_image_aad, RightsFields};
 use common::config::ClusterConfig;
 use common::crypto::{self, Key, Purpose};
 use common::protocol::{Answer, Auth, Op, PeerBody, UserInfo};
-use common::rights::Rights;
 use parking_lot::Mutex;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -96,6 +95,9 @@ impl Session {
             },
         };
         cloud.set_secret(me.secret_bytes());
+        if let Err(e) = cloud.keep_partials(store.root().join("partial").join("cloud")) {
+            eprintln!("partials: {e}; interrupted downloads will start again from zero");
+        }
         match answer(Op::SignIn { name: me.name.clone(), auth: Auth::default() }, &mut cloud)? {
             Answer::SignedIn { .. } => {}
             other => return Err(format!("unexpected answer to sign-in: {other:?}")),
@@ -282,19 +284,24 @@ impl Session {
         let result = (|| {
             let addr = self.online_addr(&req.from)?.ok_or(format!("{} is offline; approve again later", req.from))?;
             let (viewer, image_id) = (req.from.clone(), req.image_id.clone());
-            let (key, ticket) = self.share_key(&viewer, &image_id)?;
+            // A re-approval (after a delivery that broke off) keeps the share key and its
+            // ticket: the copy is then the same bytes and the delivery resumes.
+            let held = self.sharing.lock().key_and_ticket(&viewer, &image_id);
+            let (key, ticket) = match held {
+                Some(kt) => kt,
+                None => self.share_key(&viewer, &image_id)?,
+            };
             let png = self.sealed_copy(&viewer, &image_id, &key)?;
             let version = {
                 let mut sh = self.sharing.lock();
                 let v = sh.grant(&viewer, &image_id, views);
-                sh.set_key(&viewer, &image_id, &key);
+                sh.set_key(&viewer, &image_id, &key, &ticket);
                 sh.save(&self.store)?;
                 v
             };
+            // The rights travel in the tagged `Deliver` message; the viewer writes them into
+            // its copy (so the image bytes stay the same from one grant to the next).
             let me = self.me.name.clone();
-            let rights =
-                Rights { owner: me.clone(), viewer: viewer.clone(), image_id: image_id.clone(), views, version };
-            let png = common::rights::embed(&png, &rights).map_err(|e| e.to_string())?;
             let fields =
                 RightsFields { kind: "deliver", owner: &me, viewer: &viewer, image_id: &image_id, views, version };
             let mac = fields.tag(&key);
@@ -338,7 +345,8 @@ impl Session {
         let hidden = common::stego::reveal(&own).map_err(|e| format!("your copy of {image_id} is damaged: {e}"))?;
         let image = crypto::open(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &hidden)
             .map_err(|_| format!("your copy of {image_id} was modified"))?;
-        let sealed = crypto::seal(key, &shared_image_aad(&self.me.name, viewer, image_id), &image);
+        // Deterministic: a re-approval sends the same bytes, so an interrupted delivery resumes.
+        let sealed = crypto::seal_deterministic(key, &shared_image_aad(&self.me.name, viewer, image_id), &image);
         let mut pixels = common::stego::decode_image(&own).map_err(|e| e.to_string())?.to_rgba8();
         common::stego::embed_in_place(&mut pixels, &sealed).map_err(|e| e.to_string())?;
         common::stego::encode_png(&pixels).map_err(|e| e.to_string())
@@ -443,7 +451,9 @@ impl Session {
         let preview = common::preview::preview_from_bytes(&image)
             .map_err(|e| format!("{} is not an image this client can read: {e}", path.display()))?;
         // Only the sealed image leaves this machine, and only the sealed image is hidden.
-        let sealed = crypto::seal(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &image);
+        // Deterministic (as the server's hiding is): a retry uploads and downloads the same bytes,
+        // so an interrupted transfer resumes.
+        let sealed = crypto::seal_deterministic(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &image);
         let mut last = String::new();
         for _ in 0..ENCRYPT_TRIES {
             let op = Op::Encrypt { owner: self.me.name.clone(), auth: Auth::default(), len: sealed.len() as u64 };
@@ -466,7 +476,11 @@ impl Session {
                     let id = self.store.new_image_id(path);
                     self.store.save_image(&id, &stego, &preview)?;
                     self.publish_images()?;
-                    return Ok(format!("encrypted as {id} by server {server} ({len} bytes)"));
+                    let resumed = match r.resumed {
+                        0 => String::new(),
+                        held => format!("; resumed with {} already here", crate::progress::mb(held)),
+                    };
+                    return Ok(format!("encrypted as {id} by server {server} ({len} bytes{resumed})"));
                 }
                 Err(e) if e.starts_with(crate::cloud::UNREACHABLE) => return Err(e),
                 Err(e) => last = e,

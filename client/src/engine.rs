@@ -4,6 +4,7 @@
 //! through is handed to the cloud, which relays it or buffers it for the offline recipient.
 
 use crate::cloud::{Cloud, Incoming};
+use crate::partials::Mirror;
 use crate::peer::{LinkEvent, PeerLink};
 use crate::sharing::{self, Delivery, Sharing};
 use crate::store::{Identity, Store};
@@ -37,7 +38,7 @@ pub enum Command {
     Send { user: String, addr: Option<SocketAddr>, body: PeerBody, reply: Reply<String> },
     /// Fetch, apply in order and acknowledge what the cloud buffered for us; replies the count.
     PullInbox { reply: Reply<usize> },
-    /// Send an approved image (stego PNG with rights embedded) to `user` at `addr`, announced
+    /// Send an approved image (stego PNG; the viewer writes the rights into it) to `user` at `addr`, announced
     /// by `body` (a `Deliver` with the ticket and the rights tag).
     Deliver { user: String, addr: SocketAddr, body: PeerBody, png: Vec<u8>, reply: Reply<String> },
 }
@@ -88,6 +89,8 @@ struct State {
     ctx: EngineCtx,
     link: PeerLink,
     transfers: Transfers<SocketAddr>,
+    /// The partials of incoming payloads, kept on disk across a restart.
+    mirror: Option<Mirror>,
     start: Instant,
     rng: Rng,
     sends: HashMap<u64, (String, Reply<String>)>,
@@ -109,13 +112,22 @@ impl State {
     fn new(ctx: EngineCtx) -> Self {
         let mut rng = Rng::from_entropy();
         let link = PeerLink::new(&ctx.me.name, rng.next_u64());
-        let transfers = Transfers::new(ctx.transfer.clone());
+        let mut transfers = Transfers::new(ctx.transfer.clone());
         let health = ctx.cloud.lock().health();
+        let dir = ctx.store.root().join("partial").join("peer");
+        let mirror = match Mirror::attach(dir, &mut transfers, 0) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("partials: {e}; interrupted deliveries will start again from zero");
+                None
+            }
+        };
         State {
             health,
             ctx,
             link,
             transfers,
+            mirror,
             start: Instant::now(),
             rng,
             sends: HashMap::new(),
@@ -159,6 +171,9 @@ impl State {
             }
             self.link.tick(now);
             self.transfers.tick(now);
+            if let Some(m) = self.mirror.as_mut() {
+                m.tick(now, &self.transfers);
+            }
             while let Some(ev) = self.link.poll_event() {
                 self.link_event(ev);
             }
@@ -399,6 +414,12 @@ impl State {
                         Ok(r) => notice(&format!("received {} from {} with {} views", d.image_id, d.owner, r.views)),
                         Err(e) => notice(&format!("refused the image from {}: {e}", d.owner)),
                     }
+                }
+            }
+            TransferEvent::Resumed { id, held, total, .. } => {
+                if let Some(d) = self.incoming_images.get(&id) {
+                    let (h, t) = (crate::progress::mb(held), crate::progress::mb(total));
+                    notice(&format!("resuming {} from {}: {h} of {t} already here", d.image_id, d.owner));
                 }
             }
             TransferEvent::Sent { id, to } => {

@@ -21,6 +21,11 @@ impl Default for Meter {
     }
 }
 
+/// `bytes` as megabytes with one decimal ("8.5 MB").
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 /// The line for `done` of `total` bytes after `secs` seconds.
 pub fn line(what: &str, done: u64, total: u64, secs: f64) -> String {
     let mb = |b: u64| b as f64 / 1e6;

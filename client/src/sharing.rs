@@ -40,6 +40,9 @@ pub struct Share {
     /// The share key the cloud issued when the image was delivered (hex; empty: none yet).
     #[serde(default)]
     pub key: String,
+    /// The cloud's ticket for that key (the key sealed for the viewer; hex; empty: none yet).
+    #[serde(default)]
+    pub ticket: String,
 }
 
 /// The owner's side, saved as `sharing.json`.
@@ -102,18 +105,30 @@ impl Sharing {
 
     /// Records a grant and returns its new version.
     pub fn grant(&mut self, viewer: &str, image_id: &str, views: u32) -> u64 {
-        let s =
-            self.shares.entry(share_key(viewer, image_id)).or_insert(Share { views, version: 0, key: String::new() });
+        let s = self.shares.entry(share_key(viewer, image_id)).or_insert(Share {
+            views,
+            version: 0,
+            key: String::new(),
+            ticket: String::new(),
+        });
         s.views = views;
         s.version += 1;
         s.version
     }
 
-    /// Records the share key of a delivered image.
-    pub fn set_key(&mut self, viewer: &str, image_id: &str, key: &Key) {
+    /// Records the share key of a delivered image and the viewer's ticket for it.
+    pub fn set_key(&mut self, viewer: &str, image_id: &str, key: &Key, ticket: &str) {
         if let Some(s) = self.shares.get_mut(&share_key(viewer, image_id)) {
             s.key = crypto::to_hex(key);
+            s.ticket = ticket.into();
         }
+    }
+
+    /// The share key of `viewer`'s copy of `image_id` and its ticket, if both are kept.
+    pub fn key_and_ticket(&self, viewer: &str, image_id: &str) -> Option<(Key, String)> {
+        let s = self.shares.get(&share_key(viewer, image_id))?;
+        let key = crypto::key_from_hex(&s.key)?;
+        (!s.ticket.is_empty()).then(|| (key, s.ticket.clone()))
     }
 
     /// The share key of `viewer`'s copy of `image_id`, if it was delivered.
@@ -237,23 +252,24 @@ pub struct Delivery {
     pub key: Key,
 }
 
-/// Stores a delivered copy after checking that its rights are the ones the owner's
-/// authenticated message announced and that the hidden image opens under the share key.
+/// Stores a delivered copy after checking that the hidden image opens under the share key;
+/// the rights written into the copy are the ones the owner's authenticated message announced.
 pub fn store_delivery(store: &Store, me: &str, d: &Delivery, png: &[u8]) -> Result<Rights, String> {
     let from = &d.owner;
     check_user(from)?;
     check_image_id(&d.image_id)?;
-    let r = rights::read(png).map_err(|e| format!("the image from {from} has no valid rights: {e}"))?;
-    if r.owner != *from || r.viewer != me || r.image_id != d.image_id {
-        return Err(format!("the image from {from} carries rights for someone else"));
-    }
-    if r.views != d.views || r.version != d.version {
-        return Err(format!("the image from {from} carries other rights than announced"));
-    }
     let hidden =
         common::stego::reveal(png).map_err(|e| format!("the image from {from} hides nothing readable: {e}"))?;
     crypto::open(&d.key, &shared_image_aad(from, me, &d.image_id), &hidden)
         .map_err(|e| format!("the image from {from} was modified or sealed for someone else: {e}"))?;
+    let r = Rights {
+        owner: from.clone(),
+        viewer: me.into(),
+        image_id: d.image_id.clone(),
+        views: d.views,
+        version: d.version,
+    };
+    let copy = rights::embed(png, &r).map_err(|e| format!("the image from {from} is not a PNG: {e}"))?;
     let path = received_path(store, from, &d.image_id);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -266,7 +282,7 @@ pub fn store_delivery(store: &Store, me: &str, d: &Delivery, png: &[u8]) -> Resu
         }
     }
     set_viewer_key(store, from, &d.image_id, Some(&d.key))?;
-    write_atomic(&path, png, true)?;
+    write_atomic(&path, &copy, true)?;
     Ok(r)
 }
 
