@@ -14,49 +14,12 @@ mod support;
 
 use common::config::ServerId;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use support::lab::{self, Lab, LabClient};
+use support::lab::{self, big_photo, own_hidden, photo_file, signed_in, Lab, LabClient};
 
 /// Bound on one step with the big photo (the client gives up on its own well before).
 const BIG: Duration = Duration::from_secs(180);
-/// Bound on one small step.
-const SMALL: Duration = Duration::from_secs(60);
-
-/// A 3840×2160 JPEG of fine texture, over 8 MB (as in `busy_e2e.rs`), made once.
-fn big_photo() -> &'static [u8] {
-    static PHOTO: OnceLock<Vec<u8>> = OnceLock::new();
-    PHOTO.get_or_init(|| {
-        let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-        let img = image::RgbImage::from_fn(3840, 2160, |x, y| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let n = (s & 0x1f) as u8;
-            image::Rgb([
-                ((x / 8) as u8).wrapping_add(n),
-                ((y / 8) as u8).wrapping_add(n >> 1),
-                (((x + y) / 16) as u8) ^ n,
-            ])
-        });
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 97).encode_image(&img).expect("jpeg");
-        assert!(out.len() > 8_000_000, "over 8 MB: {}", out.len());
-        out
-    })
-}
-
-/// Writes the photo into the lab folder as `photo.jpg`.
-fn photo_file(lab: &Lab) -> PathBuf {
-    let path = lab.dir.join("photo.jpg");
-    std::fs::write(&path, big_photo()).expect("photo written");
-    path
-}
-
-fn signed_in(c: &mut LabClient) {
-    let line = c.result(SMALL).unwrap_or_else(|| panic!("{}: no sign-in line within {SMALL:?}", c.name));
-    assert!(line.starts_with("ok: signed in"), "{}: {line}", c.name);
-}
+use support::lab::SMALL;
 
 /// A step's outcome: its time, or the error with the client's last lines.
 fn step(log: &mut Vec<String>, what: &str, started: Instant, r: Result<String, String>) -> Result<String, String> {
@@ -190,17 +153,6 @@ fn encrypts(st: &std::collections::HashMap<ServerId, common::protocol::ServerSta
         .collect();
     v.sort();
     v
-}
-
-/// alice's stego file of `id` opened with her own key: the hidden image.
-fn own_hidden(lab: &Lab, id: &str) -> Vec<u8> {
-    let stego = std::fs::read(lab.dir.join(format!("client-alice/images/{id}.png"))).expect("stego file kept");
-    let ident: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lab.dir.join("client-alice/identity.json")).expect("identity")).unwrap();
-    let secret = common::auth::secret_bytes(ident["secret"].as_str().expect("secret"));
-    let own = common::crypto::derive(&secret, common::crypto::Purpose::Own);
-    let hidden = common::stego::reveal(&stego).expect("reveal");
-    common::crypto::open(&own, &common::auth::own_image_aad("alice"), &hidden).expect("opens")
 }
 
 #[test]

@@ -114,7 +114,7 @@ impl PartialStore {
             .filter(|p| p.extension().is_some_and(|x| x == "have"))
             .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut out = Vec::new();
         let mut budget = max_bytes;
         for (mtime, have_path) in found {

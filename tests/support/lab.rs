@@ -241,6 +241,17 @@ impl Lab {
         });
     }
 
+    /// Shapes `host`'s link to `rate` (a `tc` rate such as `8mbit`) both ways, instead of the
+    /// 100 Mbit/s it is built with.
+    pub fn set_rate(&self, host: &str, rate: &str) {
+        let port = format!("p-{host}");
+        for (n, dev) in [(self.ns(host), "eth0"), (self.ns("br"), port.as_str())] {
+            let tbf = ["root", "tbf", "rate", rate, "burst", "32kb", "latency", "50ms"];
+            must(&[&["tc", "-n", n.as_str(), "qdisc", "replace", "dev", dev][..], &tbf[..]].concat());
+        }
+        println!("lab: {host}'s link shaped to {rate}");
+    }
+
     /// Drops each IPv4 frame crossing the bridge (not the probe's) with probability
     /// `permille`/1000; 0 drops nothing.
     pub fn set_loss(&self, permille: u32) {
@@ -452,6 +463,55 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Bound on one small step of a lab test.
+pub const SMALL: Duration = Duration::from_secs(60);
+
+/// A 3840×2160 JPEG of fine texture, over 8 MB (as in `busy_e2e.rs`), made once.
+pub fn big_photo() -> &'static [u8] {
+    static PHOTO: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PHOTO.get_or_init(|| {
+        let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+        let img = image::RgbImage::from_fn(3840, 2160, |x, y| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let n = (s & 0x1f) as u8;
+            image::Rgb([
+                ((x / 8) as u8).wrapping_add(n),
+                ((y / 8) as u8).wrapping_add(n >> 1),
+                (((x + y) / 16) as u8) ^ n,
+            ])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 97).encode_image(&img).expect("jpeg");
+        assert!(out.len() > 8_000_000, "over 8 MB: {}", out.len());
+        out
+    })
+}
+
+/// Writes the photo into the lab folder as `photo.jpg`.
+pub fn photo_file(lab: &Lab) -> PathBuf {
+    let path = lab.dir.join("photo.jpg");
+    std::fs::write(&path, big_photo()).expect("photo written");
+    path
+}
+
+pub fn signed_in(c: &mut LabClient) {
+    let line = c.result(SMALL).unwrap_or_else(|| panic!("{}: no sign-in line within {SMALL:?}", c.name));
+    assert!(line.starts_with("ok: signed in"), "{}: {line}", c.name);
+}
+
+/// alice's stego file of `id` opened with her own key: the hidden image.
+pub fn own_hidden(lab: &Lab, id: &str) -> Vec<u8> {
+    let stego = std::fs::read(lab.dir.join(format!("client-alice/images/{id}.png"))).expect("stego file kept");
+    let ident: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("client-alice/identity.json")).expect("identity")).unwrap();
+    let secret = common::auth::secret_bytes(ident["secret"].as_str().expect("secret"));
+    let own = common::crypto::derive(&secret, common::crypto::Purpose::Own);
+    let hidden = common::stego::reveal(&stego).expect("reveal");
+    common::crypto::open(&own, &common::auth::own_image_aad("alice"), &hidden).expect("opens")
 }
 
 /// A client process in a lab host, driven through its stdin (like `ClientProc`).
