@@ -1,7 +1,8 @@
 //! Resuming in the network lab (see `tests/support/lab.rs`), with the photo of over 8 MB and
 //! the client hosts' links shaped to 30 Mbit/s so that a transfer takes seconds: the download
 //! of an encryption result cut by a SIGKILL of the client; a peer delivery cut by a SIGKILL of
-//! the viewer; a peer delivery cut by the network for 60 s. Each time the retry (the same
+//! the viewer, then one cut by a SIGKILL of the owner; a peer delivery cut by the network for
+//! 60 s. Each time the retry (the same
 //! command, run again) continues from the chunks the receiver kept on disk (the client says
 //! "resum…") and the photo arrives byte-exact.
 //!
@@ -132,7 +133,23 @@ fn interrupted_transfers_resume_in_the_lab() {
     approve_again_resumes(&mut alice, &mut bob, &n, held);
     bob.finish();
 
-    // 3. A delivery to carol, cut by the network for 60 s.
+    // 3. A delivery to dave, cut by a SIGKILL of alice's client (the sender): dave asks again.
+    let mut dave = LabClient::start(&lab, "c2", "dave");
+    signed_in(&mut dave);
+    let n = ask(&mut alice, &mut dave);
+    alice.send(&format!("approve {n}"));
+    let dave_dir = lab.dir.join("client-dave/partial/peer");
+    let held = wait_held(&dave_dir, CUT_AT, "dave's delivery");
+    drop(alice);
+    let mut alice = LabClient::start(&lab, "c1", "alice");
+    signed_in(&mut alice);
+    // At once: dave's end has not given up on the silent sender yet; the new delivery of the
+    // same bytes takes over what the old one holds.
+    let n = ask(&mut alice, &mut dave);
+    approve_again_resumes(&mut alice, &mut dave, &n, held);
+    dave.finish();
+
+    // 4. A delivery to carol, cut by the network for 60 s.
     let mut carol = LabClient::start(&lab, "c2", "carol");
     signed_in(&mut carol);
     let n = ask(&mut alice, &mut carol);

@@ -279,3 +279,24 @@ fn memory_stays_within_twice_the_payload_across_a_resumed_50_mb_transfer() {
     assert!(peak <= 2 * size, "receiver held {peak} bytes");
     assert!(resumed_held(&sim, 1).is_some_and(|h| h >= 20_000_000));
 }
+
+#[test]
+fn a_new_transfer_of_the_same_bytes_takes_over_a_running_one() {
+    let cfg = TransferConfig::with_chunk_size(CHUNK);
+    let (mut sim, data) = start_one(10, cfg.clone(), 300_000);
+    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < 120_000) {
+        sim.advance(u64::MAX);
+    }
+    // The sender restarts and sends again before the receiver notices the silence.
+    sim.nodes[0] = Transfers::new(cfg);
+    let before = sim.nodes[0].stats().data_sent;
+    retry(&mut sim, &data);
+    finish(10, &mut sim, &data, 30_000);
+    let held = resumed_held(&sim, 1).expect("no Resumed event");
+    let sent = sim.nodes[0].stats().data_sent - before;
+    assert!(held >= 120_000 && sent <= (300_000 - held).div_ceil(CHUNK as u64) + 64, "held {held}, sent {sent}");
+    let old_failed = sim
+        .events_of(1)
+        .any(|e| matches!(e, TransferEvent::Failed { id: 42, reason, .. } if reason.contains("superseded")));
+    assert!(old_failed, "the old transfer is not ended");
+}

@@ -33,7 +33,7 @@
 //! # Resuming
 //!
 //! An incoming transfer that breaks off (its sender silent for `give_up_ms`, a cancel by either
-//! side) keeps its partial payload, at most `resume_bytes` in all for `resume_ms`. When a later
+//! side, a newer transfer of the same bytes starting) keeps its partial payload, at most `resume_bytes` in all for `resume_ms`. When a later
 //! transfer, under any id and from any peer, announces the same shape (the payload's length,
 //! chunking and CRC-32), the receiver adopts the partial ([`TransferEvent::Resumed`]) and acks at
 //! once; the sender takes a cumulative ack beyond what it sent, or bitmap bits for chunks it has
@@ -502,6 +502,9 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
             self.io.dropped(id, from, "malformed data chunk");
             return;
         }
+        if self.inc.get(&id).is_some_and(|i| i.asm.is_none() && i.from == from) {
+            self.supersede(now, id, Shape::of(&d));
+        }
         let Some(inc) = self.inc.get_mut(&id) else {
             match self.recent.map.get(&id) {
                 Some(&(peer, Closed::Completed { total_chunks })) if peer == from => {
@@ -533,6 +536,21 @@ impl<A: Copy + Eq + Hash + fmt::Debug + PathHint> Transfers<A> {
                 self.inc.remove(&id);
                 self.fail_incoming(id, from, reason, detail);
             }
+        }
+    }
+
+    /// A new transfer `id` of payload `shape` starts while an older one of the same bytes is
+    /// still running (its sender restarted, or retried before this end gave up): the older
+    /// one ends, and what it holds is parked for the new one to adopt.
+    fn supersede(&mut self, now: u64, id: TransferId, shape: Shape) {
+        let older = self.inc.iter().find(|(k, i)| **k != id && i.asm.as_ref().is_some_and(|a| a.shape == shape));
+        let Some(old) = older.map(|(k, _)| *k) else { return };
+        if let Some(mut i) = self.inc.remove(&old) {
+            if let Some(asm) = i.asm.take() {
+                self.parked.park(now, asm, self.cfg.resume_bytes);
+            }
+            let detail = format!("superseded by transfer {id:x} of the same bytes");
+            self.fail_incoming(old, i.from, CancelReason::Cancelled, detail);
         }
     }
 
