@@ -9,22 +9,8 @@ mod support;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use support::lab::big_photo;
 use support::{cluster, test_dir, ClientProc};
-
-/// A 3840×2160 JPEG of fine texture, as large as a phone photo (over 8 MB).
-fn big_photo() -> Vec<u8> {
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    let img = image::RgbImage::from_fn(3840, 2160, |x, y| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let n = (s & 0x1f) as u8;
-        image::Rgb([((x / 8) as u8).wrapping_add(n), ((y / 8) as u8).wrapping_add(n >> 1), (((x + y) / 16) as u8) ^ n])
-    });
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 97).encode_image(&img).expect("jpeg");
-    out
-}
 
 /// Two busy loops, killed when dropped.
 struct Hogs(Vec<Child>);
@@ -59,7 +45,7 @@ fn a_large_photo_is_encrypted_and_shared_beside_two_busy_processes() {
     let dir = test_dir("busy-photo");
     std::fs::create_dir_all(&dir).expect("test folder");
     let path = dir.join("photo.jpg");
-    std::fs::write(&path, &photo).expect("photo written");
+    std::fs::write(&path, photo).expect("photo written");
 
     let mut alice = ClientProc::start(&c, "alice");
     assert!(alice.result(Duration::from_secs(30)).unwrap_or_default().starts_with("ok: signed in"));
@@ -80,7 +66,7 @@ fn a_large_photo_is_encrypted_and_shared_beside_two_busy_processes() {
     let view = ok(&mut bob, "view photo", long);
     drop(hogs);
     let revealed = view.rsplit(" in ").next().expect("path").trim().to_string();
-    assert!(std::fs::read(&revealed).expect("revealed file") == photo, "byte-exact");
+    assert!(std::fs::read(&revealed).expect("revealed file") == *photo, "byte-exact");
     println!(
         "encrypted {} bytes beside two busy processes in {encrypted_in:?}; shared and viewed byte-exact",
         photo.len()

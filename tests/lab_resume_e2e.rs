@@ -85,6 +85,25 @@ fn approve_again_resumes(alice: &mut LabClient, viewer: &mut LabClient, n: &str,
     view_exact(viewer);
 }
 
+/// `name` starts on c2, asks for the photo and alice approves; returns the viewer, the request
+/// number and the bytes the viewer kept on disk once they are over [`CUT_AT`].
+fn delivery_under_way(lab: &Lab, alice: &mut LabClient, name: &str) -> (LabClient, String, u64) {
+    let mut viewer = LabClient::start(lab, "c2", name);
+    signed_in(&mut viewer);
+    let n = ask(alice, &mut viewer);
+    alice.send(&format!("approve {n}"));
+    let dir = lab.dir.join(format!("client-{name}/partial/peer"));
+    let held = wait_held(&dir, CUT_AT, &format!("{name}'s delivery"));
+    (viewer, n, held)
+}
+
+/// alice's approval `n` ends in an error that keeps the request.
+fn approve_failed(alice: &mut LabClient, n: &str) {
+    let line = alice.result(BIG).expect("alice's approve ends");
+    println!("alice> approve {n} -> {line}");
+    assert!(line.starts_with("error:") && line.contains("stays pending"), "{line}");
+}
+
 #[test]
 fn interrupted_transfers_resume_in_the_lab() {
     if !lab::available() {
@@ -118,49 +137,30 @@ fn interrupted_transfers_resume_in_the_lab() {
     assert_eq!(held_on_disk(&cloud_dir), 0, "the finished download's partial is deleted");
 
     // 2. A delivery to bob, cut by a SIGKILL of bob's client.
-    let mut bob = LabClient::start(&lab, "c2", "bob");
-    signed_in(&mut bob);
-    let n = ask(&mut alice, &mut bob);
-    alice.send(&format!("approve {n}"));
-    let bob_dir = lab.dir.join("client-bob/partial/peer");
-    let held = wait_held(&bob_dir, CUT_AT, "bob's delivery");
+    let (bob, n, held) = delivery_under_way(&lab, &mut alice, "bob");
     drop(bob);
-    let line = alice.result(BIG).expect("alice's approve ends");
-    println!("alice> approve {n} -> {line}");
-    assert!(line.starts_with("error:") && line.contains("stays pending"), "{line}");
+    approve_failed(&mut alice, &n);
     let mut bob = LabClient::start(&lab, "c2", "bob");
     signed_in(&mut bob);
     approve_again_resumes(&mut alice, &mut bob, &n, held);
     bob.finish();
 
-    // 3. A delivery to dave, cut by a SIGKILL of alice's client (the sender): dave asks again.
-    let mut dave = LabClient::start(&lab, "c2", "dave");
-    signed_in(&mut dave);
-    let n = ask(&mut alice, &mut dave);
-    alice.send(&format!("approve {n}"));
-    let dave_dir = lab.dir.join("client-dave/partial/peer");
-    let held = wait_held(&dave_dir, CUT_AT, "dave's delivery");
+    // 3. A delivery to dave, cut by a SIGKILL of alice's client (the sender): dave asks again
+    // at once, before his end gives up on the silent sender; the new delivery of the same
+    // bytes takes over what the old one holds.
+    let (mut dave, _, held) = delivery_under_way(&lab, &mut alice, "dave");
     drop(alice);
     let mut alice = LabClient::start(&lab, "c1", "alice");
     signed_in(&mut alice);
-    // At once: dave's end has not given up on the silent sender yet; the new delivery of the
-    // same bytes takes over what the old one holds.
     let n = ask(&mut alice, &mut dave);
     approve_again_resumes(&mut alice, &mut dave, &n, held);
     dave.finish();
 
     // 4. A delivery to carol, cut by the network for 60 s.
-    let mut carol = LabClient::start(&lab, "c2", "carol");
-    signed_in(&mut carol);
-    let n = ask(&mut alice, &mut carol);
-    alice.send(&format!("approve {n}"));
-    let carol_dir = lab.dir.join("client-carol/partial/peer");
-    let held = wait_held(&carol_dir, CUT_AT, "carol's delivery");
+    let (mut carol, n, held) = delivery_under_way(&lab, &mut alice, "carol");
     lab.cut(&["c2"], &["s1", "s2", "s3", "c1"]);
     let cut = Instant::now();
-    let line = alice.result(BIG).expect("alice's approve ends");
-    println!("alice> approve {n} -> {line} after {:.1} s of cut", cut.elapsed().as_secs_f64());
-    assert!(line.starts_with("error:") && line.contains("stays pending"), "{line}");
+    approve_failed(&mut alice, &n);
     assert!(carol.wait_for("lost the cloud", SMALL).is_some(), "carol never lost the cloud");
     std::thread::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed()));
     lab.heal();

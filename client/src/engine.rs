@@ -6,6 +6,7 @@
 use crate::cloud::{Cloud, Incoming};
 use crate::partials::Mirror;
 use crate::peer::{LinkEvent, PeerLink};
+use crate::progress::Meter;
 use crate::sharing::{self, Delivery, Sharing};
 use crate::store::{Identity, Store};
 use common::auth::{share_aad, RightsFields};
@@ -102,6 +103,8 @@ struct State {
     incoming_images: HashMap<u64, Delivery>,
     last_pull: u64,
     health: Arc<crate::cloud::Health>,
+    /// The progress line of a delivery over 1 MB (the prompt waits for `approve` meanwhile).
+    meter: Meter,
 }
 
 fn notice(line: &str) {
@@ -138,6 +141,7 @@ impl State {
             gallery_asks: HashMap::new(),
             incoming_images: HashMap::new(),
             last_pull: 0,
+            meter: Meter::default(),
         }
     }
 
@@ -365,6 +369,10 @@ impl State {
             PeerBody::Deliver { image_id, views, version, transfer, len, ticket, mac } => {
                 match self.open_delivery(&who, &image_id, views, version, &ticket, &mac) {
                     Ok(d) => {
+                        if len >= crate::progress::MIN_BYTES {
+                            let size = crate::progress::mb(len);
+                            notice(&format!("receiving {image_id} from {who} ({size})"));
+                        }
                         if self.transfers.expect(now, transfer, from, len as usize).is_ok() {
                             self.incoming_images.insert(transfer, d);
                         }
@@ -422,8 +430,15 @@ impl State {
                     notice(&format!("resuming {} from {}: {h} of {t} already here", d.image_id, d.owner));
                 }
             }
+            TransferEvent::Progress { id, done, total, outgoing: true, .. }
+                if self.deliver_sending.contains_key(&id) =>
+            {
+                let who = self.deliver_to.get(&id).cloned().unwrap_or_default();
+                self.meter.update(&format!("sending to {who}"), done, total);
+            }
             TransferEvent::Sent { id, to } => {
                 if let Some(reply) = self.deliver_sending.remove(&id) {
+                    self.meter.clear();
                     let who = self.deliver_to.remove(&id).unwrap_or_else(|| to.to_string());
                     let _ = reply.send(Ok(format!("delivered to {who}")));
                 }
@@ -432,7 +447,10 @@ impl State {
                 if let Some(reply) = self.galleries.remove(&id) {
                     let _ = reply.send(Err(format!("gallery transfer failed: {reason}")));
                 } else if let Some(reply) = self.deliver_sending.remove(&id) {
-                    let _ = reply.send(Err(format!("image transfer failed: {reason}; the request stays pending")));
+                    self.meter.clear();
+                    let who = self.deliver_to.remove(&id).unwrap_or_default();
+                    let text = format!("image transfer to {who} failed: {reason}; the request stays pending");
+                    let _ = reply.send(Err(text));
                 }
                 self.incoming_images.remove(&id);
             }

@@ -21,6 +21,18 @@ fn resumed_held(sim: &Sim, node: u32) -> Option<u64> {
     })
 }
 
+/// Runs until node 1 holds at least `bytes` of transfer 42.
+fn run_until_held(sim: &mut Sim, bytes: u64) {
+    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < bytes) {
+        sim.advance(u64::MAX);
+    }
+}
+
+/// What a shell saves of `t`'s partials.
+fn saved(t: &Transfers<u32>) -> Vec<Partial> {
+    t.partials().iter().map(|p| Partial { shape: p.shape, have: p.have.to_vec(), buf: p.buf.to_vec() }).collect()
+}
+
 /// Runs until node 1 has received `data` and node 0 reported `Sent`, at most `limit` ms on.
 fn finish(seed: u64, sim: &mut Sim, data: &[u8], limit: u64) {
     let until = sim.now + limit;
@@ -100,15 +112,9 @@ fn a_restarted_sender_resumes_too() {
 fn a_restarted_receiver_resumes_from_its_saved_partial() {
     let cfg = TransferConfig::with_chunk_size(CHUNK);
     let (mut sim, data) = start_one(6, cfg.clone(), 400_000);
-    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < 250_000) {
-        sim.advance(u64::MAX);
-    }
+    run_until_held(&mut sim, 250_000);
     // What the shell saves: the running transfer's partial.
-    let saved: Vec<Partial> = sim.nodes[1]
-        .partials()
-        .iter()
-        .map(|p| Partial { shape: p.shape, have: p.have.to_vec(), buf: p.buf.to_vec() })
-        .collect();
+    let saved: Vec<Partial> = saved(&sim.nodes[1]);
     assert_eq!(saved.len(), 1);
     sim.alive[1] = false;
     sim.net.drop_to(1);
@@ -133,9 +139,7 @@ fn a_restarted_receiver_resumes_from_its_saved_partial() {
 fn a_sender_cancel_parks_the_partial_and_other_bytes_do_not_adopt_it() {
     let cfg = TransferConfig::with_chunk_size(CHUNK);
     let (mut sim, data) = start_one(7, cfg, 300_000);
-    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < 100_000) {
-        sim.advance(u64::MAX);
-    }
+    run_until_held(&mut sim, 100_000);
     sim.nodes[0].cancel(42);
     sim.flush_all();
     let settle = sim.now + 100;
@@ -156,14 +160,8 @@ fn a_sender_cancel_parks_the_partial_and_other_bytes_do_not_adopt_it() {
 fn a_partial_with_wrong_bytes_fails_the_checksum_once_then_is_gone() {
     let cfg = TransferConfig::with_chunk_size(CHUNK);
     let (mut sim, data) = start_one(8, cfg.clone(), 200_000);
-    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < 100_000) {
-        sim.advance(u64::MAX);
-    }
-    let mut saved: Vec<Partial> = sim.nodes[1]
-        .partials()
-        .iter()
-        .map(|p| Partial { shape: p.shape, have: p.have.to_vec(), buf: p.buf.to_vec() })
-        .collect();
+    run_until_held(&mut sim, 100_000);
+    let mut saved: Vec<Partial> = saved(&sim.nodes[1]);
     saved[0].buf[10] ^= 0xFF; // a disk error the file's shape does not show
     sim.nodes[0].cancel(42);
     sim.flush_all();
@@ -227,9 +225,7 @@ fn restore_rejects_malformed_partials() {
     sender.send(0, 1, 1, data).unwrap();
     let (_, first) = sender.poll_send().unwrap();
     t.step(0, 9, first);
-    let good =
-        t.partials().iter().map(|p| Partial { shape: p.shape, have: p.have.to_vec(), buf: p.buf.to_vec() }).next();
-    let good = good.expect("a partial");
+    let good = saved(&t).into_iter().next().expect("a partial");
     let mut short = good.clone();
     short.buf.pop();
     let mut past_end = good.clone();
@@ -284,9 +280,7 @@ fn memory_stays_within_twice_the_payload_across_a_resumed_50_mb_transfer() {
 fn a_new_transfer_of_the_same_bytes_takes_over_a_running_one() {
     let cfg = TransferConfig::with_chunk_size(CHUNK);
     let (mut sim, data) = start_one(10, cfg.clone(), 300_000);
-    while sim.nodes[1].progress(42).is_some_and(|(done, _)| done < 120_000) {
-        sim.advance(u64::MAX);
-    }
+    run_until_held(&mut sim, 120_000);
     // The sender restarts and sends again before the receiver notices the silence.
     sim.nodes[0] = Transfers::new(cfg);
     let before = sim.nodes[0].stats().data_sent;
