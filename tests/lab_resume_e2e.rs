@@ -82,6 +82,9 @@ fn approve_again_resumes(alice: &mut LabClient, viewer: &mut LabClient, n: &str,
     assert!(here * 1e6 >= held as f64 - 1e5, "resumed from {here} MB, {held} bytes were kept");
     let got = viewer.wait_for("received photo from alice", BIG);
     assert!(got.is_some(), "{}: the photo did not arrive; saw {:?}", viewer.name, viewer.tail(6));
+    let progress =
+        viewer.seen.iter().find(|l| l.starts_with("notice: receiving photo from alice:") && l.contains(" %, "));
+    println!("{}: {}", viewer.name, progress.unwrap_or_else(|| panic!("{}: no progress notice", viewer.name)));
     view_exact(viewer);
 }
 

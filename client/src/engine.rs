@@ -101,6 +101,9 @@ struct State {
     galleries: HashMap<u64, Reply<Vec<GalleryItem>>>,
     gallery_asks: HashMap<u64, u64>,
     incoming_images: HashMap<u64, Delivery>,
+    /// Deliveries coming in: when each started, the bytes held then (a resumed one), and the
+    /// next quarter to report.
+    incoming_progress: HashMap<u64, (Instant, u64, u64)>,
     last_pull: u64,
     health: Arc<crate::cloud::Health>,
     /// The progress line of a delivery over 1 MB (the prompt waits for `approve` meanwhile).
@@ -140,6 +143,7 @@ impl State {
             galleries: HashMap::new(),
             gallery_asks: HashMap::new(),
             incoming_images: HashMap::new(),
+            incoming_progress: HashMap::new(),
             last_pull: 0,
             meter: Meter::default(),
         }
@@ -375,6 +379,7 @@ impl State {
                         }
                         if self.transfers.expect(now, transfer, from, len as usize).is_ok() {
                             self.incoming_images.insert(transfer, d);
+                            self.incoming_progress.insert(transfer, (Instant::now(), 0, 1));
                         }
                     }
                     Err(e) => notice(&format!("refused a delivery from {who}: {e}")),
@@ -412,7 +417,28 @@ impl State {
         Ok(Delivery { owner: owner.into(), image_id: image_id.into(), views, version, key })
     }
 
+    /// A delivery coming in while the prompt may be in use: its progress as a notice at each
+    /// quarter (a line of its own, like every notice, rather than a line redrawn in place).
+    fn incoming_quarter(&mut self, id: u64, done: u64, total: u64) {
+        let (Some(d), Some((started, base, next))) =
+            (self.incoming_images.get(&id), self.incoming_progress.get_mut(&id))
+        else {
+            return;
+        };
+        let quarter = done.saturating_mul(4).checked_div(total).unwrap_or(0);
+        if quarter < *next || quarter >= 4 {
+            return;
+        }
+        *next = quarter + 1;
+        let what = format!("receiving {} from {}", d.image_id, d.owner);
+        let line = crate::progress::line_since(&what, done, total, *base, started.elapsed().as_secs_f64());
+        notice(&line);
+    }
+
     fn transfer_event(&mut self, ev: TransferEvent<SocketAddr>) {
+        if let TransferEvent::Received { id, .. } | TransferEvent::Failed { id, .. } = &ev {
+            self.incoming_progress.remove(id);
+        }
         match ev {
             TransferEvent::Received { id, payload, .. } => {
                 if let Some(reply) = self.galleries.remove(&id) {
@@ -425,11 +451,15 @@ impl State {
                 }
             }
             TransferEvent::Resumed { id, held, total, .. } => {
+                if let Some(p) = self.incoming_progress.get_mut(&id) {
+                    (p.0, p.1) = (Instant::now(), held);
+                }
                 if let Some(d) = self.incoming_images.get(&id) {
                     let (h, t) = (crate::progress::mb(held), crate::progress::mb(total));
                     notice(&format!("resuming {} from {}: {h} of {t} already here", d.image_id, d.owner));
                 }
             }
+            TransferEvent::Progress { id, done, total, outgoing: false, .. } => self.incoming_quarter(id, done, total),
             TransferEvent::Progress { id, done, total, outgoing: true, .. }
                 if self.deliver_sending.contains_key(&id) =>
             {

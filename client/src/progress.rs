@@ -28,9 +28,15 @@ pub fn mb(bytes: u64) -> String {
 
 /// The line for `done` of `total` bytes after `secs` seconds.
 pub fn line(what: &str, done: u64, total: u64, secs: f64) -> String {
+    line_since(what, done, total, 0, secs)
+}
+
+/// The line for `done` of `total` bytes, `base` of which were there `secs` seconds ago (the
+/// rate counts only what moved since).
+pub fn line_since(what: &str, done: u64, total: u64, base: u64, secs: f64) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-    let rate = if secs > 0.0 { mb(done) / secs } else { 0.0 };
+    let rate = if secs > 0.0 { mb(done.saturating_sub(base)) / secs } else { 0.0 };
     format!("{what}: {:.1} of {:.1} MB, {pct} %, {rate:.1} MB/s", mb(done), mb(total))
 }
 
@@ -79,5 +85,9 @@ mod tests {
     fn the_line_says_bytes_per_cent_and_rate() {
         assert_eq!(line("upload", 4_250_000, 8_500_000, 2.0), "upload: 4.2 of 8.5 MB, 50 %, 2.1 MB/s");
         assert_eq!(line("download", 0, 0, 0.0), "download: 0.0 of 0.0 MB, 100 %, 0.0 MB/s");
+        assert_eq!(
+            line_since("receiving", 6_000_000, 8_000_000, 4_000_000, 2.0),
+            "receiving: 6.0 of 8.0 MB, 75 %, 1.0 MB/s"
+        );
     }
 }
