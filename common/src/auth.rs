@@ -11,8 +11,6 @@ use crate::protocol::{decode, Frame, Msg, Op, RequestId, WireError, MAGIC, VERSI
 pub const KIND_SERVER: u8 = 2;
 /// Bytes of the tag and the timestamp at the head of an authenticated frame.
 pub const SERVER_HEAD: usize = 32 + 8;
-/// Default for how far a request's or a frame's timestamp may be from the receiver's clock, ms.
-pub const DEFAULT_WINDOW_MS: u64 = 30_000;
 
 /// Milliseconds since the Unix epoch on this machine.
 pub fn wall_ms() -> u64 {

@@ -237,8 +237,11 @@ fn d_up() -> u64 {
     10_000
 }
 fn d_auth_window() -> u64 {
-    crate::auth::DEFAULT_WINDOW_MS
+    DEFAULT_WINDOW_MS
 }
+
+/// Default for how far a request's or a frame's timestamp may be from the receiver's clock, ms.
+pub const DEFAULT_WINDOW_MS: u64 = 30_000;
 
 /// Largest datagram the wire format produces or accepts.
 pub const MAX_DATAGRAM: usize = 65_507;

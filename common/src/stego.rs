@@ -4,6 +4,8 @@
 //! Also decodes untrusted image bytes under size limits, enlarges a cover just enough for a
 //! payload, writes the result as PNG (a lossless format, so the hidden bits survive), measures
 //! the distortion (PSNR), and keeps the server's set of decoded cover images in memory.
+//! [`hide_upload`] is the whole of a server's encryption step (the server and the benchmark's
+//! in-process floor both run it).
 //!
 //! Layout, one bit per colour channel, pixels in row-major order, channels R, G, B (alpha is
 //! never touched), most significant bit of each byte first:
@@ -554,6 +556,19 @@ impl Covers {
             .or_else(|| self.ladder.last())
             .unwrap_or_else(|| fallback_cover())
     }
+}
+
+/// A server's encryption step: checks that `sealed` is `owner`'s image sealed under `key` (the
+/// owner's own-image key) and that the image decodes, then hides the sealed bytes, unchanged, in
+/// the cover [`Covers::choose`] picks for their length (deterministic: the same upload gives the
+/// same PNG).
+pub fn hide_upload(covers: &Covers, key: &crate::crypto::Key, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let aad = crate::auth::own_image_aad(owner);
+    let image =
+        crate::crypto::open(key, &aad, sealed).map_err(|e| format!("the upload is not {owner}'s sealed image: {e}"))?;
+    decode_image(&image).map_err(|e| format!("not an image this server can read: {e}"))?;
+    let cover = covers.choose(sealed.len());
+    hide(cover, sealed).map_err(|e| format!("cannot hide the image: {e}"))
 }
 
 #[cfg(test)]

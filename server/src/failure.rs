@@ -4,7 +4,6 @@
 //! real, the lowest live server makes a new token after a long silence.
 
 use crate::election::LoadTable;
-use crate::node::NodeConfig;
 use common::config::ServerId;
 use common::protocol::Msg;
 
@@ -31,6 +30,25 @@ enum Phase {
     Passing { to: ServerId, since: u64, last: u64 },
 }
 
+/// What the failure simulation needs to know (taken from the node's settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureConfig {
+    /// This server.
+    pub me: ServerId,
+    /// Every server of the cluster.
+    pub ids: Vec<ServerId>,
+    /// Pass the token around from the start.
+    pub enabled: bool,
+    /// Time down, ms.
+    pub down_ms: u64,
+    /// Time up before passing the token, ms.
+    pub up_ms: u64,
+    /// Retransmission interval of the token, ms.
+    pub retransmit: u64,
+    /// Silence after which a server counts as failed, ms.
+    pub failure_timeout: u64,
+}
+
 /// The failure-simulation token state of one server.
 #[derive(Debug, Clone)]
 pub struct FailureSim {
@@ -48,14 +66,13 @@ pub struct FailureSim {
 
 impl FailureSim {
     /// The simulation state at start; the lowest id holds the first token.
-    pub fn new(cfg: &NodeConfig, now: u64) -> Self {
-        let first = cfg.servers.iter().min().copied() == Some(cfg.id);
-        let phase =
-            if cfg.simulate_failures && first { Phase::Waiting { until: now + cfg.up_ms } } else { Phase::Idle };
+    pub fn new(cfg: &FailureConfig, now: u64) -> Self {
+        let first = cfg.ids.iter().min().copied() == Some(cfg.me);
+        let phase = if cfg.enabled && first { Phase::Waiting { until: now + cfg.up_ms } } else { Phase::Idle };
         FailureSim {
-            enabled: cfg.simulate_failures,
-            me: cfg.id,
-            ids: cfg.servers.clone(),
+            enabled: cfg.enabled,
+            me: cfg.me,
+            ids: cfg.ids.clone(),
             down_ms: cfg.down_ms,
             up_ms: cfg.up_ms,
             retransmit: cfg.retransmit,
@@ -177,8 +194,17 @@ mod tests {
     fn switched_on_by_the_operator_the_lowest_id_goes_down_at_once_and_off_stops_it() {
         let ids = [1, 2, 3];
         let table = LoadTable::new(1, &ids, 3000, Policy::LeastLoad);
-        let mut first = FailureSim::new(&NodeConfig::simulated(1, &ids), 0);
-        let mut second = FailureSim::new(&NodeConfig::simulated(2, &ids), 0);
+        let cfg = |me| FailureConfig {
+            me,
+            ids: ids.to_vec(),
+            enabled: false,
+            down_ms: 20_000,
+            up_ms: 10_000,
+            retransmit: 40,
+            failure_timeout: 3000,
+        };
+        let mut first = FailureSim::new(&cfg(1), 0);
+        let mut second = FailureSim::new(&cfg(2), 0);
         assert_eq!(first.tick(10, &table, false), SimAction::None, "off by default");
         first.set_enabled(20, true);
         second.set_enabled(20, true);

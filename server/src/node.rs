@@ -49,7 +49,7 @@
 
 use crate::directory::{Directory, Proposal, Vote};
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
-use crate::failure::{FailureSim, SimAction};
+use crate::failure::{FailureConfig, FailureSim, SimAction};
 use crate::keys::Mismatches;
 use crate::service;
 use common::config::{ClusterConfig, ServerId};
@@ -157,24 +157,29 @@ pub struct NodeConfig {
 pub const SIM_WALL_BASE: u64 = 1_700_000_000_000;
 
 impl NodeConfig {
-    /// The settings the simulations use: the config defaults for `servers`, executions recorded.
+    /// The settings the simulations use: the config defaults for `servers`, executions recorded,
+    /// a fixed wall clock and seeded keys.
     pub fn simulated(id: ServerId, servers: &[ServerId]) -> Self {
+        let defaults = ClusterConfig::with_servers(Vec::new());
         NodeConfig {
-            id,
             servers: servers.to_vec(),
-            failure_timeout: 3000,
-            claim_timeout: 300,
-            retransmit: 40,
-            answer_cache: 10_000,
-            answer_ttl: 60_000,
-            policy: Policy::LeastLoad,
-            simulate_failures: false,
-            down_ms: 20_000,
-            up_ms: 10_000,
             record_executions: true,
-            auth_window: common::auth::DEFAULT_WINDOW_MS,
             wall_base: SIM_WALL_BASE,
             key_seed: Some(id as u64),
+            ..NodeConfig::from_cluster(&defaults, id, Policy::LeastLoad, false)
+        }
+    }
+
+    /// What the failure simulation takes from these settings.
+    pub fn failure(&self) -> FailureConfig {
+        FailureConfig {
+            me: self.id,
+            ids: self.servers.clone(),
+            enabled: self.simulate_failures,
+            down_ms: self.down_ms,
+            up_ms: self.up_ms,
+            retransmit: self.retransmit,
+            failure_timeout: self.failure_timeout,
         }
     }
 
@@ -373,7 +378,7 @@ impl Node {
             None => KeyGen::from_os(),
         };
         let table = LoadTable::new(cfg.id, &cfg.servers, cfg.failure_timeout, cfg.policy);
-        let failure = FailureSim::new(&cfg, now);
+        let failure = FailureSim::new(&cfg.failure(), now);
         let mut node = Node {
             cfg,
             table,

@@ -257,7 +257,9 @@ fn spawn_receiver(
     Ok(())
 }
 
-fn spawn_operator(server: Arc<Server>, who: String) -> std::io::Result<()> {
+/// The operator's commands on stdin; `down` without a time goes down for `down_ms` (the
+/// failure simulation's time down).
+fn spawn_operator(server: Arc<Server>, who: String, down_ms: u64) -> std::io::Result<()> {
     std::thread::Builder::new().name("operator".into()).spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -265,7 +267,7 @@ fn spawn_operator(server: Arc<Server>, who: String) -> std::io::Result<()> {
             let words: Vec<&str> = line.split_whitespace().collect();
             let ev = match words.as_slice() {
                 [] => continue,
-                ["down"] => Event::Node(Input::Down { ms: 20_000 }),
+                ["down"] => Event::Node(Input::Down { ms: down_ms }),
                 ["down", secs] => match secs.parse::<u64>() {
                     Ok(s) => Event::Node(Input::Down { ms: s.saturating_mul(1000) }),
                     Err(_) => {
@@ -356,7 +358,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     })
     .map_err(err)?;
     if opts.stdin {
-        spawn_operator(server.clone(), who.clone()).map_err(err)?;
+        spawn_operator(server.clone(), who.clone(), opts.cfg.simulate_down_ms).map_err(err)?;
     }
     let ctrl_server = server.clone();
     ctrlc::set_handler(move || {

@@ -11,9 +11,8 @@ use crate::node::Input;
 use crate::pool::Pool;
 use crate::runtime::{Datagram, Event, Options, Server};
 use crate::stash::{self, Stash};
-use common::auth::own_image_aad;
 use common::config::ServerId;
-use common::crypto::{self, Key};
+use common::crypto::Key;
 use common::protocol::{transfer_id, Answer, Msg, Op, RequestId, WORKING_PING_MS};
 use common::stego::{self, Covers};
 use common::transfer::{TransferEvent, TransferMsg, Transfers};
@@ -283,7 +282,7 @@ impl Services {
             if slow > 0 {
                 std::thread::sleep(Duration::from_millis(slow));
             }
-            let result = hide(&covers, &key, &owner, &payload);
+            let result = stego::hide_upload(&covers, &key, &owner, &payload);
             if let Some(server) = sink.upgrade() {
                 server.deliver(Event::Worked { rid, client, result });
             }
@@ -312,14 +311,4 @@ impl Services {
             TransferEvent::Sent { .. } | TransferEvent::Progress { .. } | TransferEvent::Dropped { .. } => {}
         }
     }
-}
-
-/// Checks that `sealed` is `owner`'s image sealed under `key` (the owner's own-image key) and
-/// that the image decodes, then hides the sealed bytes, unchanged, in a cover.
-pub fn hide(covers: &Covers, key: &Key, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
-    let image = crypto::open(key, &own_image_aad(owner), sealed)
-        .map_err(|e| format!("the upload is not {owner}'s sealed image: {e}"))?;
-    stego::decode_image(&image).map_err(|e| format!("not an image this server can read: {e}"))?;
-    let cover = covers.choose(sealed.len());
-    stego::hide(cover, sealed).map_err(|e| format!("cannot hide the image: {e}"))
 }

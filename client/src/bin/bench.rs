@@ -857,21 +857,13 @@ fn rss_mb(s: &ServerStatus) -> Option<f64> {
 // The floor: the same work, in-process, no network
 // ---------------------------------------------------------------------------------------------
 
-/// What a server does for one encryption: open the sealed upload, check the image decodes,
-/// pick a cover, hide the sealed bytes (`sealed` is `image` sealed under `key` for `FLOOR_OWNER`).
-fn hide_like_a_server(covers: &Covers, key: &Key, sealed: &[u8]) -> Result<Vec<u8>, String> {
-    let image = crypto::open(key, &common::auth::own_image_aad(FLOOR_OWNER), sealed).map_err(|e| e.to_string())?;
-    stego::decode_image(&image).map_err(|e| e.to_string())?;
-    stego::hide(covers.choose(sealed.len()), sealed).map_err(|e| e.to_string())
-}
-
 /// The owner name the floor seals its image for.
 const FLOOR_OWNER: &str = "floor";
 
 fn floor_thread(covers: &Covers, image: &[u8], next: &AtomicUsize, total: usize) -> Vec<Sample> {
     let key = crypto::random_key();
     let sealed = crypto::seal(&key, &common::auth::own_image_aad(FLOOR_OWNER), image);
-    let _ = hide_like_a_server(covers, &key, &sealed); // warm-up
+    let _ = stego::hide_upload(covers, &key, FLOOR_OWNER, &sealed); // warm-up
     let mut samples = Vec::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -882,7 +874,7 @@ fn floor_thread(covers: &Covers, image: &[u8], next: &AtomicUsize, total: usize)
             eprintln!("bench: {:>3}% ({i}/{total})", i * 100 / total);
         }
         let start = Instant::now();
-        let result = hide_like_a_server(covers, &key, &sealed);
+        let result = stego::hide_upload(covers, &key, FLOOR_OWNER, &sealed);
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let sample = match result {
             Ok(png) => {
