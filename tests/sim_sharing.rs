@@ -9,11 +9,10 @@
 //! What runs for real: three `server::node::Node`s (election, Paxos, replicated directory with
 //! the inbox, votes saved with the directory), both clients' `Requester`s (cloud requests) and
 //! `PeerLink`s (direct messages: three tries, acks, deduplication), the owner's
-//! `Sharing::grant` (versions). What is modelled here, following the code it stands for:
-//! - the servers' relay worker (`server/src/work.rs`): `Output::Execute` of `Op::Relay` sends
-//!   `Msg::Peer` to the address up to `RELAY_TRIES` times `RELAY_TRY_MS` apart from the server's
-//!   client socket and feeds back `Relayed { delivered }` depending on the peer's `PeerAck`;
-//!   a crash loses the relays in progress;
+//! `Sharing::grant` (versions), and each server's `server::work::Services` (the relay: up to
+//! `RELAY_TRIES` tries from the server's client socket, `Relayed { delivered }` as the peer's
+//! `PeerAck` says; a crash loses the relays in progress). What is modelled here, following the
+//! code it stands for:
 //! - the disk: after every step a dirty node's directory (with its votes) is copied; a restarted
 //!   node starts from that copy;
 //! - the sockets: a message that would not fit a datagram, or that the receiver's `decode`
@@ -53,6 +52,7 @@
 
 use client::peer::{LinkEvent, PeerLink};
 use client::sharing::Sharing;
+use common::config::ClusterConfig;
 use common::config::{ServerId, MAX_DATAGRAM};
 use common::protocol::{encode_msg, validate, Answer, Auth, Envelope, Msg, Op, PeerBody, RequestId};
 use common::requester::{Completion, Requester};
@@ -61,7 +61,7 @@ use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
 use server::node::{kind_of, Input, Node, NodeConfig, Output, Peer};
 use server::service::MAX_TOMBSTONES;
-use server::work::{RELAY_TRIES, RELAY_TRY_MS};
+use server::work::{Datagram, Services};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -99,20 +99,16 @@ fn node_of(addr: SocketAddr) -> u32 {
     addr.port() as u32 - 10_000
 }
 
-/// A relay in progress on a server's worker side (`work.rs`).
-struct Relay {
-    rid: RequestId,
-    to: SocketAddr,
-    msg: Msg,
-    tries: u32,
-    last: u64,
-}
-
 struct Server {
     node: Option<Node>,
     disk: Directory,
-    relays: BTreeMap<u64, Relay>,
+    services: Services,
     load_phase: u64,
+}
+
+/// A server's services as a freshly started process has them.
+fn services(id: ServerId) -> Services {
+    Services::new(id, &ClusterConfig::with_servers(Vec::new()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +248,7 @@ impl World {
             let load_phase = net.rng().below(LOAD_INTERVAL);
             servers.insert(
                 id,
-                Server { node: Some(node), disk: Directory::default(), relays: BTreeMap::new(), load_phase },
+                Server { node: Some(node), disk: Directory::default(), services: services(id), load_phase },
             );
         }
         let mut rng = Rng::new(seed ^ 0x5ea1_5ea1);
@@ -356,17 +352,11 @@ impl World {
             match o {
                 Output::Send { to: Peer::Server(s), msg } => self.send(id, s, msg),
                 Output::Send { to: Peer::Client(a), msg } => self.send(id, node_of(a), msg),
-                Output::Execute { rid, op: Op::Relay { envelope, addr, .. }, .. } => {
-                    // work.rs `Services::execute`: first try now, from the client socket.
-                    let msg = Msg::Peer(envelope.clone());
-                    self.send(id, node_of(addr), msg.clone());
+                Output::Execute { rid, op, reply_to, key } => {
                     if let Some(s) = self.servers.get_mut(&id) {
-                        s.relays.insert(envelope.id, Relay { rid, to: addr, msg, tries: 1, last: now });
+                        s.services.execute(now, rid, op, reply_to, key);
                     }
-                }
-                Output::Execute { rid, op, .. } => {
-                    let result = Err(format!("{} is not simulated", op.kind()));
-                    self.step_node(id, Some(Input::Executed { rid, result }));
+                    self.drain_services(id);
                 }
                 Output::Log(line) => {
                     if self.live {
@@ -387,42 +377,45 @@ impl World {
             return;
         }
         if let Msg::PeerAck { id: env_id, .. } = msg {
-            // work.rs `Services::on_peer_ack`: only from the address the relay went to.
-            if srv.relays.get(&env_id).is_some_and(|r| r.to == addr_of(from)) {
-                if let Some(r) = srv.relays.remove(&env_id) {
-                    let result = Ok(Answer::Relayed { delivered: true });
-                    self.step_node(id, Some(Input::Executed { rid: r.rid, result }));
-                }
-            }
+            srv.services.on_peer_ack(addr_of(from), env_id);
+            self.drain_services(id);
             return;
         }
         self.step_node(id, Some(Input::Message { from: Peer::Client(addr_of(from)), msg }));
     }
 
-    /// work.rs `Services::tick` for relays.
-    fn tick_relays(&mut self, id: ServerId) {
+    /// Runs server `id`'s services' timers.
+    fn tick_services(&mut self, id: ServerId) {
         let now = self.now;
-        let Some(srv) = self.servers.get_mut(&id) else { return };
-        let due: Vec<u64> = srv.relays.iter().filter(|(_, r)| now >= r.last + RELAY_TRY_MS).map(|(&k, _)| k).collect();
-        let mut resend = vec![];
-        let mut finished = vec![];
-        for k in due {
-            let Some(r) = srv.relays.get_mut(&k) else { continue };
-            if r.tries >= RELAY_TRIES {
-                if let Some(r) = srv.relays.remove(&k) {
-                    finished.push(r.rid);
-                }
-                continue;
+        if let Some(Server { node: Some(_), services, .. }) = self.servers.get_mut(&id) {
+            services.tick(now);
+        }
+        self.drain_services(id);
+    }
+
+    /// What server `id`'s services produced: datagrams onto the network (as the shell sends
+    /// them), inputs into the node. Nothing here hides images.
+    fn drain_services(&mut self, id: ServerId) {
+        loop {
+            let Some(srv) = self.servers.get_mut(&id) else { return };
+            let (outbox, inputs, jobs) =
+                (srv.services.take_outbox(), srv.services.take_inputs(), srv.services.take_jobs());
+            if outbox.is_empty() && inputs.is_empty() {
+                assert!(jobs.is_empty(), "hide jobs in a simulation without encryption");
+                return;
             }
-            r.tries += 1;
-            r.last = now;
-            resend.push((node_of(r.to), r.msg.clone()));
-        }
-        for (to, msg) in resend {
-            self.send(id, to, msg);
-        }
-        for rid in finished {
-            self.step_node(id, Some(Input::Executed { rid, result: Ok(Answer::Relayed { delivered: false }) }));
+            for d in outbox {
+                match d {
+                    Datagram::Client(to, msg) => self.send(id, node_of(to), msg),
+                    Datagram::Server(to, msg) => self.send(id, to, msg),
+                    Datagram::Attached(..) | Datagram::Xfer(..) => {
+                        self.invalid.push(format!("server {id}: a result transfer in a simulation without encryption"))
+                    }
+                }
+            }
+            for input in inputs {
+                self.step_node(id, Some(input));
+            }
         }
     }
 
@@ -432,7 +425,7 @@ impl World {
             return;
         }
         srv.node = None;
-        srv.relays.clear();
+        srv.services = services(id);
         self.net.drop_to(id);
         self.note(format!("CRASH server {id}"));
     }
@@ -872,7 +865,7 @@ impl World {
             }
             if now.is_multiple_of(TICK) {
                 self.step_node(id, None);
-                self.tick_relays(id);
+                self.tick_services(id);
             }
         }
         if now.is_multiple_of(TICK) {

@@ -7,15 +7,17 @@
 
 use crate::election::Policy;
 use crate::keys::BadTags;
+use crate::load;
 use crate::node::{Input, Node, NodeConfig, Output, Peer};
 use crate::pool::Pool;
 use crate::store::Store;
-use crate::{load, work};
+use crate::work::{self, Datagram};
 use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
 use common::protocol::{encode_attached, encode_msg, encode_xfer, Frame, Msg};
 use common::rng::Rng;
+use common::stego::Covers;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -64,19 +66,6 @@ pub enum Event {
     PrintStatus,
     /// Ctrl-C: announce 999 and exit.
     Shutdown,
-}
-
-/// A datagram to send once the server's lock is released: encoding and the kernel's loopback
-/// delivery then no longer hold up the threads waiting for the lock.
-pub enum Datagram {
-    /// A message to another server (tagged with the cluster key).
-    Server(ServerId, Msg),
-    /// A message to a client.
-    Client(SocketAddr, Msg),
-    /// A reply to a client with its result attached.
-    Attached(SocketAddr, Msg, Vec<u8>),
-    /// A transfer datagram to a client.
-    Xfer(SocketAddr, common::transfer::TransferMsg),
 }
 
 /// Rate-limits "dropped datagram" log lines: a flood of garbage must not become a flood of logs.
@@ -343,9 +332,12 @@ pub fn run(opts: Options) -> Result<(), String> {
         peer_addrs,
         key,
     };
+    let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
+    let services = work::Services::new(opts.id, &opts.cfg);
     let server = Arc::new_cyclic(|me: &Weak<Server>| {
-        let services = work::Services::new(&opts, pool, me.clone());
-        Server { shell, start, done: done_tx, core: Mutex::new(Core { node, services, store, stopped: false }) }
+        let workers = Workers { pool, covers, slow_ms: opts.slow_ms, server: me.clone() };
+        let core = Mutex::new(Core { node, services, store, stopped: false });
+        Server { shell, start, done: done_tx, core, workers }
     });
 
     spawn_receiver(format!("{who} clients"), who.clone(), client_sock, None, guard.clone(), server.clone())
@@ -405,6 +397,33 @@ pub struct Server {
     start: Instant,
     done: Sender<()>,
     core: Mutex<Core>,
+    workers: Workers,
+}
+
+/// Runs the services' hide jobs on the pool and hands each result back to the server, reached
+/// through a weak handle (the server owns the workers: a strong one would be a cycle).
+struct Workers {
+    pool: Arc<Pool>,
+    covers: Arc<Covers>,
+    slow_ms: u64,
+    server: Weak<Server>,
+}
+
+impl Workers {
+    fn run(&self, jobs: Vec<work::HideJob>) {
+        for job in jobs {
+            let (covers, server, slow) = (self.covers.clone(), self.server.clone(), self.slow_ms);
+            self.pool.submit(Box::new(move || {
+                if slow > 0 {
+                    std::thread::sleep(Duration::from_millis(slow));
+                }
+                let result = common::stego::hide_upload(&covers, &job.key, &job.owner, &job.payload);
+                if let Some(server) = server.upgrade() {
+                    server.deliver(Event::Worked { rid: job.rid, client: job.client, result });
+                }
+            }));
+        }
+    }
 }
 
 impl Server {
@@ -455,6 +474,7 @@ impl Server {
             }
         }
         self.shell.feed_back(core, now);
+        self.workers.run(core.services.take_jobs());
         (true, core.services.take_outbox())
     }
 
@@ -470,6 +490,7 @@ impl Server {
         self.shell.apply(core, now, outs);
         core.services.tick(now);
         self.shell.feed_back(core, now);
+        self.workers.run(core.services.take_jobs());
         let outbox = core.services.take_outbox();
         drop(guard);
         self.shell.send_all(outbox);

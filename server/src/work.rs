@@ -1,4 +1,7 @@
-//! Heavy requests, done outside the node. For `Encrypt` the server that won the request takes
+//! Heavy requests, done outside the node, as a socket-free state machine: the shell hands it
+//! what arrives (`execute`, `on_transfer`, `on_peer_ack`, `on_worked`) and the time (`tick`), and
+//! takes what it produced: datagrams (`take_outbox`), hide jobs to run on the worker pool
+//! (`take_jobs`) and inputs for the node (`take_inputs`). For `Encrypt` the server that won the request takes
 //! the sealed image that came attached to the request, or else tells the client where to send
 //! it (`Accepted`) and receives it by reliable transfer. It checks the upload is the owner's
 //! image sealed under the owner's own key and that it decodes, hides the sealed bytes (never the
@@ -8,19 +11,13 @@
 //! sender could not, and reports whether the peer acknowledged.
 
 use crate::node::Input;
-use crate::pool::Pool;
-use crate::runtime::{Datagram, Event, Options, Server};
 use crate::stash::{self, Stash};
-use common::config::ServerId;
+use common::config::{ClusterConfig, ServerId};
 use common::crypto::Key;
 use common::protocol::{transfer_id, Answer, Msg, Op, RequestId, WORKING_PING_MS};
-use common::stego::{self, Covers};
 use common::transfer::{TransferEvent, TransferMsg, Transfers};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Weak;
-use std::time::Duration;
 
 /// How often `Accepted` is resent until the upload starts, ms.
 pub const ACCEPT_RESEND_MS: u64 = 100;
@@ -28,6 +25,34 @@ pub const ACCEPT_RESEND_MS: u64 = 100;
 pub const RELAY_TRIES: u32 = 3;
 /// Wait for the peer's acknowledgement between tries, ms.
 pub const RELAY_TRY_MS: u64 = 200;
+/// A datagram to send once the server's lock is released: encoding and the kernel's loopback
+/// delivery then no longer hold up the threads waiting for the lock.
+pub enum Datagram {
+    /// A message to another server (tagged with the cluster key).
+    Server(ServerId, Msg),
+    /// A message to a client.
+    Client(SocketAddr, Msg),
+    /// A reply to a client with its result attached.
+    Attached(SocketAddr, Msg, Vec<u8>),
+    /// A transfer datagram to a client.
+    Xfer(SocketAddr, TransferMsg),
+}
+
+/// Hiding `owner`'s uploaded image (`stego::hide_upload`), for the worker pool; its result comes
+/// back through [`Services::on_worked`].
+pub struct HideJob {
+    /// The request.
+    pub rid: RequestId,
+    /// Who gets the result.
+    pub client: SocketAddr,
+    /// The image's owner.
+    pub owner: String,
+    /// The owner's own-image key.
+    pub key: Key,
+    /// The sealed image.
+    pub payload: Vec<u8>,
+}
+
 struct Relay {
     rid: RequestId,
     to: SocketAddr,
@@ -49,10 +74,7 @@ struct Job {
 pub struct Services {
     id: ServerId,
     outbox: Vec<Datagram>,
-    pool: Arc<Pool>,
-    sink: Sink,
-    covers: Arc<Covers>,
-    slow_ms: u64,
+    hide_jobs: Vec<HideJob>,
     max_payload: usize,
     transfers: Transfers<SocketAddr>,
     jobs: HashMap<u64, Job>,
@@ -67,24 +89,15 @@ pub struct Services {
     inputs: Vec<Input>,
 }
 
-/// Where a worker hands its result: the server, reached through a weak handle (the server owns
-/// the services, so a strong one would be a cycle). `None` once the server is gone.
-pub type Sink = Weak<Server>;
-
 impl Services {
-    /// Services running jobs on `pool` and handing their results to `sink`; what they send
-    /// waits in their outbox until the server's lock is released.
-    pub fn new(opts: &Options, pool: Arc<Pool>, sink: Sink) -> Self {
-        let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
+    /// The services of server `id`.
+    pub fn new(id: ServerId, cfg: &ClusterConfig) -> Self {
         Services {
-            id: opts.id,
+            id,
             outbox: Vec::new(),
-            pool,
-            sink,
-            covers,
-            slow_ms: opts.slow_ms,
-            max_payload: opts.cfg.max_payload,
-            transfers: Transfers::new(opts.cfg.transfer()),
+            hide_jobs: Vec::new(),
+            max_payload: cfg.max_payload,
+            transfers: Transfers::new(cfg.transfer()),
             jobs: HashMap::new(),
             relays: HashMap::new(),
             stash: Stash::new(stash::UPLOADS),
@@ -95,9 +108,9 @@ impl Services {
         }
     }
 
-    /// Jobs waiting for an upload or running.
-    pub fn depth(&self) -> usize {
-        self.jobs.len() + self.pool.depth()
+    /// Hide jobs produced since the last call, for the worker pool.
+    pub fn take_jobs(&mut self) -> Vec<HideJob> {
+        std::mem::take(&mut self.hide_jobs)
     }
 
     /// Keeps the payload `from` attached to request `rid`, in case this server wins it.
@@ -274,19 +287,10 @@ impl Services {
         self.flush(now);
     }
 
-    /// Hides `owner`'s uploaded image on the worker pool; the result comes back as `Worked`.
+    /// Hides `owner`'s uploaded image on the worker pool; the result comes back to `on_worked`.
     fn start_job(&mut self, now: u64, rid: RequestId, client: SocketAddr, owner: String, key: Key, payload: Vec<u8>) {
         self.working.insert(rid, (client, now));
-        let (covers, sink, slow) = (self.covers.clone(), self.sink.clone(), self.slow_ms);
-        self.pool.submit(Box::new(move || {
-            if slow > 0 {
-                std::thread::sleep(Duration::from_millis(slow));
-            }
-            let result = stego::hide_upload(&covers, &key, &owner, &payload);
-            if let Some(server) = sink.upgrade() {
-                server.deliver(Event::Worked { rid, client, result });
-            }
-        }));
+        self.hide_jobs.push(HideJob { rid, client, owner, key, payload });
     }
 
     fn on_event(&mut self, now: u64, ev: TransferEvent<SocketAddr>) {
