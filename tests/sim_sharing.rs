@@ -59,7 +59,7 @@ use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
-use server::node::{kind_of, Input, Node, NodeConfig, Output, Peer};
+use server::node::{Input, Node, NodeConfig, Output, Peer};
 use server::service::MAX_TOMBSTONES;
 use server::work::{Datagram, Services};
 use std::collections::{BTreeMap, VecDeque};
@@ -311,7 +311,7 @@ impl World {
     /// records can grow, so only those are encoded to measure them.
     fn send(&mut self, from: u32, to: u32, msg: Msg) {
         if let Err(e) = validate(&msg) {
-            self.invalid.push(format!("{from} -> {to}: {} refused: {e}", kind_of(&msg)));
+            self.invalid.push(format!("{from} -> {to}: {} refused: {e}", msg.kind()));
             return;
         }
         let carries_record = match &msg {
@@ -322,7 +322,7 @@ impl World {
         if carries_record {
             let len = encode_msg(&msg).len();
             if len > MAX_DATAGRAM {
-                self.invalid.push(format!("{from} -> {to}: {} of {len} bytes does not fit a datagram", kind_of(&msg)));
+                self.invalid.push(format!("{from} -> {to}: {} of {len} bytes does not fit a datagram", msg.kind()));
                 return;
             }
         }

@@ -5,10 +5,9 @@
 //! the node and the simulations call the same code as the threads.
 
 use crate::crypto::{self, Key, Purpose};
-use crate::protocol::{decode, Frame, Msg, Op, RequestId, WireError, MAGIC, VERSION};
+use crate::frame::FrameKind;
+use crate::protocol::{decode, Frame, Msg, Op, RequestId, WireError};
 
-/// Frame kind of an authenticated server-to-server message.
-pub const KIND_SERVER: u8 = 2;
 /// Bytes of the tag and the timestamp at the head of an authenticated frame.
 pub const SERVER_HEAD: usize = 32 + 8;
 
@@ -71,7 +70,7 @@ pub fn encode_server(key: &Key, now_ms: u64, msg: &Msg) -> Vec<u8> {
     let ts = now_ms.to_le_bytes();
     let t = crypto::tag(key, &[b"imgcloud server frame", &ts, &body]);
     let mut out = Vec::with_capacity(4 + SERVER_HEAD + body.len());
-    out.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, KIND_SERVER]);
+    out.extend_from_slice(&FrameKind::Server.header());
     out.extend_from_slice(&t);
     out.extend_from_slice(&ts);
     out.extend_from_slice(&body);
@@ -87,25 +86,11 @@ pub fn is_bad_tag(e: &WireError) -> bool {
     e.0 == BAD_TAG
 }
 
-/// True for messages only servers may send to each other (they must come authenticated).
-pub fn is_server_msg(msg: &Msg) -> bool {
-    !matches!(
-        msg,
-        Msg::Request { .. }
-            | Msg::Reply(_)
-            | Msg::Accepted { .. }
-            | Msg::Working { .. }
-            | Msg::Peer(_)
-            | Msg::PeerAck { .. }
-    )
-}
-
 /// Decodes a datagram that arrived at a server: an authenticated frame must carry a valid tag
 /// under `key` and a timestamp within `window_ms` of `now_ms`; a server-to-server message in a
 /// plain frame is rejected.
 pub fn decode_at_server(bytes: &[u8], key: &Key, now_ms: u64, window_ms: u64) -> Result<(Frame, bool), WireError> {
-    if bytes.len() >= 4 && bytes[..2] == MAGIC && bytes[2] == VERSION && bytes[3] == KIND_SERVER {
-        let rest = &bytes[4..];
+    if let Ok((FrameKind::Server, rest)) = crate::frame::split(bytes) {
         if rest.len() < SERVER_HEAD {
             return Err(WireError("authenticated frame too short".into()));
         }
@@ -119,13 +104,13 @@ pub fn decode_at_server(bytes: &[u8], key: &Key, now_ms: u64, window_ms: u64) ->
             return Err(WireError(format!("server frame {} ms old or ahead: replay?", ts.abs_diff(now_ms))));
         }
         let mut plain = Vec::with_capacity(4 + body.len());
-        plain.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, 0]);
+        plain.extend_from_slice(&FrameKind::Ctl.header());
         plain.extend_from_slice(body);
         return decode(&plain).map(|f| (f, true));
     }
     let frame = decode(bytes)?;
     if let Frame::Ctl(m) = &frame {
-        if is_server_msg(m) {
+        if m.server_only() {
             return Err(WireError("server message without the cluster's authentication".into()));
         }
     }

@@ -5,6 +5,7 @@ pub mod args;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod frame;
 pub mod log;
 pub mod names;
 pub mod pathsim;

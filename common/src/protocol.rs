@@ -1,21 +1,18 @@
-//! Every message on the wire, and the datagram framing that carries them.
-//!
-//! A datagram is `b"IC"`, a version byte, a kind byte, then the body: kind 0 is a control
-//! message ([`Msg`], JSON: small and readable in a packet capture), kind 1 is a transfer message
-//! ([`TransferMsg`], compact binary: the hot path). [`decode`] never panics: anything malformed,
+//! Every message on the wire, and the codecs of the plain frames that carry them (see
+//! [`crate::frame`] for the kinds): a control message ([`Msg`], JSON: small and readable in a
+//! packet capture), a transfer message ([`TransferMsg`], compact binary: the hot path), or a
+//! message with bytes attached. [`decode`] never panics: anything malformed,
 //! oversized or semantically invalid is rejected with a reason the receiver logs.
 
 use crate::config::{ServerId, MAX_DATAGRAM};
+use crate::frame::FrameKind;
 use crate::names::{check_image_id, check_user};
 use crate::transfer::TransferMsg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 
-/// First bytes of every datagram.
-pub const MAGIC: [u8; 2] = *b"IC";
-/// Wire format version.
-pub const VERSION: u8 = 1;
+pub use crate::frame::{MAGIC, VERSION};
 /// Most image ids one user may list in the directory.
 pub const MAX_IMAGES_PER_USER: usize = 256;
 /// Most users listed in one answer.
@@ -475,6 +472,59 @@ pub enum Msg {
     PeerAck { id: u64, from: String },
 }
 
+impl Msg {
+    /// The message's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Request { .. } => "Request",
+            Msg::Reply(_) => "Reply",
+            Msg::Accepted { .. } => "Accepted",
+            Msg::Working { .. } => "Working",
+            Msg::Load { .. } => "Load",
+            Msg::Claim { .. } => "Claim",
+            Msg::ClaimAck { .. } => "ClaimAck",
+            Msg::Done { .. } => "Done",
+            Msg::DoneAck { .. } => "DoneAck",
+            Msg::Record { .. } => "Record",
+            Msg::Token { .. } => "Token",
+            Msg::TokenAck { .. } => "TokenAck",
+            Msg::Batch { .. } => "Batch",
+            Msg::Peer(_) => "Peer",
+            Msg::PeerAck { .. } => "PeerAck",
+        }
+    }
+
+    /// The server a server-to-server message names as its sender (checked against the
+    /// address it came from).
+    pub fn sender(&self) -> Option<ServerId> {
+        match self {
+            Msg::Batch { from, .. }
+            | Msg::Load { from, .. }
+            | Msg::ClaimAck { from, .. }
+            | Msg::DoneAck { from, .. }
+            | Msg::Record { from, .. }
+            | Msg::Token { from, .. }
+            | Msg::TokenAck { from, .. } => Some(*from),
+            Msg::Claim { by, .. } | Msg::Done { by, .. } => Some(*by),
+            _ => None,
+        }
+    }
+
+    /// True for the messages only servers may send to each other (they must come in an
+    /// authenticated frame).
+    pub fn server_only(&self) -> bool {
+        !matches!(
+            self,
+            Msg::Request { .. }
+                | Msg::Reply(_)
+                | Msg::Accepted { .. }
+                | Msg::Working { .. }
+                | Msg::Peer(_)
+                | Msg::PeerAck { .. }
+        )
+    }
+}
+
 /// A decoded datagram.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // moved once from socket to handler; boxing would allocate per datagram
@@ -488,9 +538,6 @@ pub enum Frame {
     /// an encryption with its stego PNG (server to client), when it fits one datagram.
     Attached(Msg, Vec<u8>),
 }
-
-/// Frame kind of a message with bytes attached.
-pub const KIND_ATTACHED: u8 = 3;
 
 /// True for the messages that may carry `payload`: a request, or the reply of an encryption
 /// whose answer gives the payload's length.
@@ -520,7 +567,7 @@ fn bad<T>(why: impl Into<String>) -> Result<T, WireError> {
 
 /// Encodes a control message into a datagram.
 pub fn encode_msg(msg: &Msg) -> Vec<u8> {
-    let mut out = vec![MAGIC[0], MAGIC[1], VERSION, 0];
+    let mut out = FrameKind::Ctl.header().to_vec();
     // Serialising these plain structs to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, msg);
     out
@@ -528,7 +575,7 @@ pub fn encode_msg(msg: &Msg) -> Vec<u8> {
 
 /// Encodes a transfer message into a datagram.
 pub fn encode_xfer(msg: &TransferMsg) -> Vec<u8> {
-    let mut out = vec![MAGIC[0], MAGIC[1], VERSION, 1];
+    let mut out = FrameKind::Xfer.header().to_vec();
     msg.encode(&mut out);
     out
 }
@@ -542,7 +589,7 @@ pub fn encode_attached(msg: &Msg, payload: &[u8]) -> Option<Vec<u8>> {
     let json = serde_json::to_vec(msg).ok()?;
     let len = u32::try_from(json.len()).ok()?;
     let mut out = Vec::with_capacity(8 + json.len() + payload.len());
-    out.extend_from_slice(&[MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED]);
+    out.extend_from_slice(&FrameKind::Attached.header());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(payload);
@@ -554,24 +601,17 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
     if bytes.len() > MAX_DATAGRAM {
         return bad(format!("datagram of {} bytes is too large", bytes.len()));
     }
-    let (head, body) = match bytes.split_first_chunk::<4>() {
-        Some(x) => x,
-        None => return bad(format!("datagram of {} bytes is too short", bytes.len())),
-    };
-    if head[..2] != MAGIC {
-        return bad("bad magic");
-    }
-    if head[2] != VERSION {
-        return bad(format!("unsupported version {}", head[2]));
-    }
-    match head[3] {
-        0 => {
+    let (kind, body) = crate::frame::split(bytes).map_err(|e| WireError(e.to_string()))?;
+    match kind {
+        FrameKind::Ctl => {
             let msg: Msg = serde_json::from_slice(body).map_err(|e| WireError(format!("bad message: {e}")))?;
             validate(&msg)?;
             Ok(Frame::Ctl(msg))
         }
-        1 => TransferMsg::decode(body).map(Frame::Xfer).map_err(|e| WireError(format!("bad transfer message: {e}"))),
-        KIND_ATTACHED => {
+        FrameKind::Xfer => {
+            TransferMsg::decode(body).map(Frame::Xfer).map_err(|e| WireError(format!("bad transfer message: {e}")))
+        }
+        FrameKind::Attached => {
             let Some((len, rest)) = body.split_first_chunk::<4>() else {
                 return bad("attached message without its length");
             };
@@ -585,7 +625,8 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
             validate(&msg)?;
             Ok(Frame::Attached(msg, payload.to_vec()))
         }
-        k => bad(format!("unknown kind {k}")),
+        // Authenticated frames are opened by `auth::decode_at_server`, never here.
+        FrameKind::Server => bad("a server frame outside the servers' socket"),
     }
 }
 
@@ -760,7 +801,7 @@ mod tests {
         let reply = Msg::Reply(Reply { rid: rid(), server: 2, result: Err("no".into()) });
         assert!(encode_attached(&reply, b"x").is_none());
         let json = serde_json::to_vec(&reply).unwrap();
-        let mut forged = vec![MAGIC[0], MAGIC[1], VERSION, KIND_ATTACHED];
+        let mut forged = FrameKind::Attached.header().to_vec();
         forged.extend_from_slice(&(json.len() as u32).to_be_bytes());
         forged.extend_from_slice(&json);
         assert!(decode(&forged).is_err(), "a refusal with an attachment");

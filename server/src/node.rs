@@ -719,7 +719,7 @@ impl Node {
         match from {
             Peer::Client(addr) => match msg {
                 Msg::Request { rid, op } => self.on_request(now, addr, rid, op),
-                other => self.log(format!("dropped {} from client {addr}: not a request", kind_of(&other))),
+                other => self.log(format!("dropped {} from client {addr}: not a request", other.kind())),
             },
             Peer::Server(s) => {
                 if s == self.cfg.id || !self.cfg.servers.contains(&s) {
@@ -752,9 +752,9 @@ impl Node {
 
     /// True if `msg` names no sender or names `s`, the server it came from (else logged).
     fn sent_by(&mut self, s: ServerId, msg: &Msg) -> bool {
-        match sender_field(msg) {
+        match msg.sender() {
             Some(claimed) if claimed != s => {
-                self.log(format!("dropped {} claiming to be from {claimed} but sent by {s}", kind_of(msg)));
+                self.log(format!("dropped {} claiming to be from {claimed} but sent by {s}", msg.kind()));
                 false
             }
             _ => true,
@@ -815,7 +815,7 @@ impl Node {
                 self.failure.on_token(now, round);
             }
             Msg::TokenAck { from, round } => self.failure.on_token_ack(from, round),
-            other => self.log(format!("dropped {} from server {s}: not a server message", kind_of(&other))),
+            other => self.log(format!("dropped {} from server {s}: not a server message", other.kind())),
         }
     }
 
@@ -1613,42 +1613,6 @@ fn small(reply: &Reply) -> bool {
         Ok(Answer::User(_) | Answer::Online(_) | Answer::Status(_) | Answer::Inbox(_)) => false,
         Ok(_) => true,
         Err(e) => e.len() <= 1024,
-    }
-}
-
-/// The server id a server message says it is from, to check against the sender's address.
-pub fn sender_field(msg: &Msg) -> Option<ServerId> {
-    match msg {
-        Msg::Batch { from, .. }
-        | Msg::Load { from, .. }
-        | Msg::ClaimAck { from, .. }
-        | Msg::DoneAck { from, .. }
-        | Msg::Record { from, .. }
-        | Msg::Token { from, .. }
-        | Msg::TokenAck { from, .. } => Some(*from),
-        Msg::Claim { by, .. } | Msg::Done { by, .. } => Some(*by),
-        _ => None,
-    }
-}
-
-/// A message's kind, for logs.
-pub fn kind_of(msg: &Msg) -> &'static str {
-    match msg {
-        Msg::Request { .. } => "Request",
-        Msg::Reply(_) => "Reply",
-        Msg::Accepted { .. } => "Accepted",
-        Msg::Working { .. } => "Working",
-        Msg::Load { .. } => "Load",
-        Msg::Claim { .. } => "Claim",
-        Msg::ClaimAck { .. } => "ClaimAck",
-        Msg::Done { .. } => "Done",
-        Msg::DoneAck { .. } => "DoneAck",
-        Msg::Record { .. } => "Record",
-        Msg::Token { .. } => "Token",
-        Msg::TokenAck { .. } => "TokenAck",
-        Msg::Batch { .. } => "Batch",
-        Msg::Peer(_) => "Peer",
-        Msg::PeerAck { .. } => "PeerAck",
     }
 }
 

@@ -145,7 +145,7 @@ impl Peers {
             return Some(id);
         }
         let Frame::Ctl(msg) = frame else { return None };
-        let id = crate::node::sender_field(msg).filter(|id| *id != self.me)?;
+        let id = msg.sender().filter(|id| *id != self.me)?;
         let (advertised, bind) = self.roaming.get(&id)?;
         if self.logged.len() < MAX_ROAMING_LOGGED && self.logged.insert((id, from)) {
             common::log::log(
