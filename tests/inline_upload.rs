@@ -65,7 +65,7 @@ fn serve(sock: UdpSocket, script: Script, result: Vec<u8>) -> (Vec<u8>, Option<V
                         Script::AskForUpload => {
                             let common::protocol::Op::Encrypt { len: up, .. } = op else { panic!("{op:?}") };
                             xfers.expect(now(), upload, from, up as usize).unwrap();
-                            let accepted = Msg::Accepted { rid, server: 1, transfer: upload, inline: false };
+                            let accepted = Msg::Started { rid, server: 1, transfer: upload, inline: false };
                             sock.send_to(&encode_msg(&accepted), from).unwrap();
                         }
                     }

@@ -315,8 +315,8 @@ impl World {
             return;
         }
         let carries_record = match &msg {
-            Msg::Done { records, .. } => !records.is_empty(),
-            Msg::Record { .. } | Msg::ClaimAck { record: Some(_), .. } => true,
+            Msg::Accept { records, .. } => !records.is_empty(),
+            Msg::Record { .. } | Msg::Promise { record: Some(_), .. } => true,
             _ => false,
         };
         if carries_record {

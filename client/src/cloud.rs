@@ -599,7 +599,7 @@ impl Cloud {
                 self.req.extend(rid, now);
                 self.transfers.touch(now, transfer_id(rid, 1));
             }
-            Msg::Accepted { rid: r, server, transfer, inline } if r == rid => {
+            Msg::Started { rid: r, server, transfer, inline } if r == rid => {
                 if uploading.map(|(s, _)| s) == Some(server) {
                     return Ok(());
                 }

@@ -13,6 +13,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use crate::frame::{MAGIC, VERSION};
+
+/// The round of an `Accept` that announces a decision instead of proposing a value.
+pub const DECIDED: u32 = u32::MAX;
 /// Most image ids one user may list in the directory.
 pub const MAX_IMAGES_PER_USER: usize = 256;
 /// Most users listed in one answer.
@@ -389,9 +392,11 @@ pub enum Msg {
     Request { rid: RequestId, op: Op },
     /// Server → client: the answer.
     Reply(Reply),
-    /// Server → client: I handle `rid`; send its payload to me by transfer id `transfer` — or,
-    /// if `inline`, I already have it (it came with the request): only wait for the result.
-    Accepted {
+    /// Server → client ("Accepted" on the wire): I handle `rid`; send its payload to me by
+    /// transfer id `transfer` — or, if `inline`, I already have it (it came with the request):
+    /// only wait for the result.
+    #[serde(rename = "Accepted")]
+    Started {
         rid: RequestId,
         server: ServerId,
         transfer: u64,
@@ -416,12 +421,14 @@ pub enum Msg {
     /// large image can take long on a busy machine): the client keeps waiting for the result
     /// instead of taking the silence for a dead server.
     Working { rid: RequestId, server: ServerId },
-    /// Server → servers: I claim `rid` in round `round` (carries the request for takeovers).
+    /// Server → servers: Paxos prepare (phase 1a, "Claim" on the wire): I claim `rid` in round
+    /// `round` (carries the request for takeovers).
     ///
     /// `first`: the claimer was first in the ranking it made when the request arrived (not a
     /// claim made on a later re-ranking or after a timeout). Two claims of one round are
     /// settled in favour of a `first` one, then of the lower id.
-    Claim {
+    #[serde(rename = "Claim")]
+    Prepare {
         rid: RequestId,
         by: ServerId,
         round: u32,
@@ -430,9 +437,10 @@ pub enum Msg {
         #[serde(default)]
         first: bool,
     },
-    /// Server → claimer: a vote. Refused votes name the holder and its round, whether the
+    /// Server → claimer: Paxos promise (phase 1b, "ClaimAck" on the wire), a vote. Refused votes name the holder and its round, whether the
     /// holder is already executing (`firm`), and the reply if the request is already done.
-    ClaimAck {
+    #[serde(rename = "ClaimAck")]
+    Promise {
         rid: RequestId,
         from: ServerId,
         granted: bool,
@@ -444,13 +452,17 @@ pub enum Msg {
         /// never acts on a stale replica (a majority always holds the latest committed write).
         record: Option<UserRecord>,
     },
-    /// Server → servers: `rid` is executed in round `round`: its reply (for retries and
-    /// takeovers) and the directory records it changed, so a majority of replicas has the
-    /// write before the client hears of it.
-    Done { rid: RequestId, by: ServerId, round: u32, reply: Reply, records: Vec<UserRecord> },
-    /// Server → committer: the commit is accepted, or refused (a later round holds the
-    /// request, or another reply was already accepted: then it is included).
-    DoneAck {
+    /// Server → servers: Paxos accept (phase 2a, "Done" on the wire; in round [`DECIDED`], the
+    /// decision): `rid` is executed in round `round`: its reply (for retries and takeovers)
+    /// and the directory records it changed, so a majority of replicas has the write before
+    /// the client hears of it.
+    #[serde(rename = "Done")]
+    Accept { rid: RequestId, by: ServerId, round: u32, reply: Reply, records: Vec<UserRecord> },
+    /// Server → proposer: Paxos accepted (phase 2b, "DoneAck" on the wire): the proposal is
+    /// accepted, or refused (a later round holds the request, or another reply was already
+    /// accepted: then it is included).
+    #[serde(rename = "DoneAck")]
+    Accepted {
         rid: RequestId,
         from: ServerId,
         accepted: bool,
@@ -478,13 +490,14 @@ impl Msg {
         match self {
             Msg::Request { .. } => "Request",
             Msg::Reply(_) => "Reply",
-            Msg::Accepted { .. } => "Accepted",
+            Msg::Started { .. } => "Started",
             Msg::Working { .. } => "Working",
             Msg::Load { .. } => "Load",
-            Msg::Claim { .. } => "Claim",
-            Msg::ClaimAck { .. } => "ClaimAck",
-            Msg::Done { .. } => "Done",
-            Msg::DoneAck { .. } => "DoneAck",
+            Msg::Prepare { .. } => "Prepare",
+            Msg::Promise { .. } => "Promise",
+            Msg::Accept { round: DECIDED, .. } => "Decision",
+            Msg::Accept { .. } => "Accept",
+            Msg::Accepted { .. } => "Accepted",
             Msg::Record { .. } => "Record",
             Msg::Token { .. } => "Token",
             Msg::TokenAck { .. } => "TokenAck",
@@ -500,12 +513,12 @@ impl Msg {
         match self {
             Msg::Batch { from, .. }
             | Msg::Load { from, .. }
-            | Msg::ClaimAck { from, .. }
-            | Msg::DoneAck { from, .. }
+            | Msg::Promise { from, .. }
+            | Msg::Accepted { from, .. }
             | Msg::Record { from, .. }
             | Msg::Token { from, .. }
             | Msg::TokenAck { from, .. } => Some(*from),
-            Msg::Claim { by, .. } | Msg::Done { by, .. } => Some(*by),
+            Msg::Prepare { by, .. } | Msg::Accept { by, .. } => Some(*by),
             _ => None,
         }
     }
@@ -517,7 +530,7 @@ impl Msg {
             self,
             Msg::Request { .. }
                 | Msg::Reply(_)
-                | Msg::Accepted { .. }
+                | Msg::Started { .. }
                 | Msg::Working { .. }
                 | Msg::Peer(_)
                 | Msg::PeerAck { .. }
@@ -726,10 +739,10 @@ fn check_record(record: &UserRecord) -> Result<(), WireError> {
 /// Checks what the JSON shape cannot: names, list sizes.
 pub fn validate(msg: &Msg) -> Result<(), WireError> {
     match msg {
-        Msg::Request { op, .. } | Msg::Claim { op, .. } => check_op(op),
+        Msg::Request { op, .. } | Msg::Prepare { op, .. } => check_op(op),
         Msg::Record { record, .. } => check_record(record),
-        Msg::Done { records, .. } => records.iter().try_for_each(check_record),
-        Msg::ClaimAck { record: Some(record), .. } => check_record(record),
+        Msg::Accept { records, .. } => records.iter().try_for_each(check_record),
+        Msg::Promise { record: Some(record), .. } => check_record(record),
         Msg::Peer(e) => check_envelope(e),
         Msg::PeerAck { from, .. } => check_user(from).map_err(WireError),
         Msg::Load { load, .. } if *load > 999 => bad("load above 999"),
@@ -740,6 +753,38 @@ pub fn validate(msg: &Msg) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_paxos_names_in_the_code_keep_the_wire_names() {
+        let rid = RequestId { client: 1, seq: 2 };
+        let reply = Reply { rid, server: 1, result: Err("x".into()) };
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let cases = [
+            (Msg::Prepare { rid, by: 1, round: 1, op: Op::ListOnline, reply_to: addr, first: true }, "Claim"),
+            (
+                Msg::Promise {
+                    rid,
+                    from: 2,
+                    granted: true,
+                    holder: None,
+                    round: 1,
+                    firm: false,
+                    reply: None,
+                    record: None,
+                },
+                "ClaimAck",
+            ),
+            (Msg::Accept { rid, by: 1, round: DECIDED, reply: reply.clone(), records: vec![] }, "Done"),
+            (Msg::Accepted { rid, from: 2, accepted: true, holder: None, round: 1, reply: None }, "DoneAck"),
+            (Msg::Started { rid, server: 1, transfer: 3, inline: false }, "Accepted"),
+        ];
+        for (msg, wire) in cases {
+            let bytes = encode_msg(&msg);
+            let json = String::from_utf8_lossy(&bytes[4..]).to_string();
+            assert!(json.starts_with(&format!("{{\"{wire}\":")), "{} is {json}", msg.kind());
+            assert_eq!(decode(&bytes), Ok(Frame::Ctl(msg)));
+        }
+    }
 
     fn rid() -> RequestId {
         RequestId { client: 7, seq: 1 }
@@ -752,7 +797,7 @@ mod tests {
             Msg::Reply(Reply { rid: rid(), server: 2, result: Err("no".into()) }),
             Msg::Load { from: 1, load: 999, work: 0, digest: 5, epoch: 9, token: false, ready: true },
             Msg::Working { rid: rid(), server: 2 },
-            Msg::Claim {
+            Msg::Prepare {
                 rid: rid(),
                 by: 1,
                 round: 1,

@@ -624,7 +624,7 @@ mod tests {
             .map(|seq| {
                 let rid = RequestId { client: 1, seq };
                 let reply = Reply { rid, server: 1, result: Err("x".repeat(30_000)) };
-                Msg::Done { rid, by: 1, round: 7, reply, records: vec![] }
+                Msg::Accept { rid, by: 1, round: 7, reply, records: vec![] }
             })
             .collect();
         shell.send(Datagram::Server(2, Msg::Batch { from: 1, msgs }));
@@ -633,7 +633,7 @@ mod tests {
             let (n, _) = to.recv_from(&mut buf).unwrap();
             let (frame, authenticated) = decode_at_server(&buf[..n], &key, auth::wall_ms(), 60_000).unwrap();
             assert!(authenticated);
-            assert!(matches!(frame, Frame::Ctl(Msg::Done { rid, .. }) if rid.seq == seq), "{frame:?}");
+            assert!(matches!(frame, Frame::Ctl(Msg::Accept { rid, .. }) if rid.seq == seq), "{frame:?}");
         }
     }
 }

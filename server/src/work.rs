@@ -191,7 +191,7 @@ impl Services {
             self.inputs.push(Input::Executed { rid, result: Err(format!("cannot receive the image: {e}")) });
             return;
         }
-        self.send_ctl(client, &Msg::Accepted { rid, server: self.id, transfer: upload, inline: false });
+        self.send_ctl(client, &Msg::Started { rid, server: self.id, transfer: upload, inline: false });
         self.jobs.insert(upload, Job { rid, client, owner, key, last_accept: now, started: false });
         self.flush(now);
     }
@@ -230,7 +230,7 @@ impl Services {
                 let id = transfer_id(rid, 1);
                 if unannounced {
                     // Bind the client to this server before the chunks come.
-                    let accepted = Msg::Accepted { rid, server: self.id, transfer: transfer_id(rid, 0), inline: true };
+                    let accepted = Msg::Started { rid, server: self.id, transfer: transfer_id(rid, 0), inline: true };
                     self.send_ctl(client, &accepted);
                 }
                 let len = png.len() as u64;
@@ -256,7 +256,7 @@ impl Services {
             .filter(|(_, j)| !j.started && now >= j.last_accept + ACCEPT_RESEND_MS)
             .map(|(&id, j)| {
                 j.last_accept = now;
-                (j.client, Msg::Accepted { rid: j.rid, server: self.id, transfer: id, inline: false })
+                (j.client, Msg::Started { rid: j.rid, server: self.id, transfer: id, inline: false })
             })
             .collect();
         // A client waiting on slow work hears that it goes on (not a silence to give up on).

@@ -274,11 +274,11 @@ impl World {
                     self.on_client_msg(ci, m.msg);
                 } else {
                     let claims: Vec<(RequestId, ServerId)> = match &m.msg {
-                        Msg::Claim { rid, by, .. } => vec![(*rid, *by)],
+                        Msg::Prepare { rid, by, .. } => vec![(*rid, *by)],
                         Msg::Batch { msgs, .. } => msgs
                             .iter()
                             .filter_map(|c| match c {
-                                Msg::Claim { rid, by, .. } => Some((*rid, *by)),
+                                Msg::Prepare { rid, by, .. } => Some((*rid, *by)),
                                 _ => None,
                             })
                             .collect(),

@@ -1,6 +1,6 @@
 //! Phase 2 of a request's Paxos instance: executing (only when no vote reported an accepted
-//! proposal), proposing (`Done` in the claimer's round: accept), the acceptances (`DoneAck`:
-//! accepted), the decision (`Done` in round `DECIDED`) applied by every server, and the reply.
+//! proposal), proposing (`Accept` in the claimer's round), the acceptances (`Accepted`),
+//! the decision (`Accept` in round `DECIDED`) applied by every server, and the reply.
 
 use super::*;
 
@@ -50,7 +50,7 @@ impl Node {
             self.decide(now, rid, proposal);
             return;
         }
-        let done = Msg::Done {
+        let done = Msg::Accept {
             rid,
             by: self.cfg.id,
             round: proposal.round,
@@ -75,7 +75,7 @@ impl Node {
         if replied {
             self.reply_to_client(rid, &proposal.reply);
         }
-        let decided = Msg::Done {
+        let decided = Msg::Accept {
             rid,
             by: self.cfg.id,
             round: DECIDED,
@@ -165,7 +165,7 @@ impl Node {
         records: Vec<UserRecord>,
     ) -> Msg {
         let me = self.cfg.id;
-        let ack = |accepted: bool, holder: Option<ServerId>, round: u32, reply: Option<Reply>| Msg::DoneAck {
+        let ack = |accepted: bool, holder: Option<ServerId>, round: u32, reply: Option<Reply>| Msg::Accepted {
             rid,
             from: me,
             accepted,

@@ -5,11 +5,11 @@
 //! Each request is decided by single-decree Paxos among the servers, with the load election as
 //! leader hint:
 //! 1. every live server receives the client's request and ranks the live servers for it
-//!    (least effective load, ties to the lowest id); the winner claims it in round 1 (`Claim`:
-//!    Paxos prepare). If no claim comes within the claim timeout, the next server in the ranking
+//!    (least effective load, ties to the lowest id); the winner claims it in round 1 (`Prepare`,
+//!    "Claim" on the wire). If no claim comes within the claim timeout, the next server in the ranking
 //!    claims; if the holder fails (999, silent, restarted), the next live server claims in a
 //!    higher round;
-//! 2. a server votes (`ClaimAck` granted: promise) for the first claimer of a round and for any
+//! 2. a server votes (`Promise`, "ClaimAck" on the wire, granted) for the first claimer of a round and for any
 //!    higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
 //!    carries the voter's accepted proposal, if any, else the voter's directory record of the
 //!    request's user, so the executor never acts on a stale replica. A claim needs votes from a
@@ -19,11 +19,11 @@
 //!    retransmission;
 //! 3. the winner of a round proposes the accepted proposal of the highest round among its votes
 //!    (it must: that value may already be decided) and executes the request only if there is
-//!    none. It sends the proposal (`Done` in its round: Paxos accept) to the servers that voted
+//!    none. It sends the proposal (`Accept` in its round, "Done" on the wire) to the servers that voted
 //!    for it (to every voter on retransmission); a server accepts unless it voted in a higher
 //!    round. Executing writes nothing: the records are applied when decided;
 //! 4. once a majority accepted, the request is decided: the decider applies the records and
-//!    announces the decision (`Done` in round [`DECIDED`]) to every server, which applies the
+//!    announces the decision (`Accept` in round [`DECIDED`]: a decision) to every server, which applies the
 //!    records too. The client gets the reply once a majority applied them (so its next request
 //!    reads them) and every live server did or the claim timeout passed — at once if nothing is
 //!    written. A server that knows the decision answers retries and claims with it, and the
@@ -40,12 +40,14 @@
 //! server isolated alone never answers, so a healed partition never yields a second answer;
 //! servers that shut down cleanly (announcing 999) leave the majority to the others.
 //!
-//! Message fields are reused where the protocol has no dedicated shape: a granted `ClaimAck`
-//! echoes the claim's round in `round` and reports the voter's accepted proposal with its reply
-//! in `reply`, its record in `record` and its round in `holder`; a refused one carries the
-//! decided reply and record if the voter knows the decision; a `Done` with round [`DECIDED`]
-//! announces a decision. (Directory operations write at most the request's user's record, so
-//! one record carries a proposal's write.)
+//! The code uses Paxos's words; the wire keeps the project's first names (serde renames):
+//! `Prepare` is "Claim", `Promise` "ClaimAck", `Accept` "Done", `Accepted` "DoneAck", and the
+//! client's `Started` is "Accepted". Message fields are reused where the protocol has no
+//! dedicated shape: a granted `Promise` echoes the prepare's round in `round` and reports the
+//! voter's accepted proposal with its reply in `reply`, its record in `record` and its round in
+//! `holder`; a refused one carries the decided reply and record if the voter knows the
+//! decision; an `Accept` with round [`DECIDED`] announces a decision. (Directory operations
+//! write at most the request's user's record, so one record carries a proposal's write.)
 
 mod announce;
 mod decision;
@@ -68,8 +70,7 @@ use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
-/// The round of a `Done` that announces a decision instead of proposing a value.
-pub const DECIDED: u32 = u32::MAX;
+pub use common::protocol::DECIDED;
 
 /// A waiting request is ranked again with the current load table this long after a claim's
 /// first retransmission would have reached it, ms: a server whose copy of the winner's claim
@@ -677,14 +678,14 @@ impl Node {
                     self.release_held_by(now, s);
                 }
             }
-            Msg::Claim { rid, by, round, op, reply_to, first } => {
+            Msg::Prepare { rid, by, round, op, reply_to, first } => {
                 self.on_claim(now, rid, Claimer { by, round, first }, op, reply_to)
             }
-            Msg::ClaimAck { rid, from, granted, holder, round, firm, reply, record } => {
+            Msg::Promise { rid, from, granted, holder, round, firm, reply, record } => {
                 let ack = Ack { from, granted, holder, round, firm, reply, record };
                 self.on_claim_ack(now, rid, ack)
             }
-            Msg::Done { rid, by, round, reply, records } => {
+            Msg::Accept { rid, by, round, reply, records } => {
                 let unhurried = round == DECIDED && records.is_empty();
                 let ack = self.on_done(now, rid, by, round, reply, records);
                 if unhurried {
@@ -694,7 +695,7 @@ impl Node {
                     self.send(Peer::Server(s), ack);
                 }
             }
-            Msg::DoneAck { rid, from, accepted, holder, round, reply } => {
+            Msg::Accepted { rid, from, accepted, holder, round, reply } => {
                 self.on_done_ack(now, rid, from, accepted, holder, round, reply)
             }
             Msg::Record { record, .. } => self.apply_record(record),

@@ -1,6 +1,6 @@
 //! Phase 1 of a request's Paxos instance (see the story in `node/mod.rs`): a request arrives
-//! and is ranked, the claim (`Claim`: prepare), the votes (`ClaimAck`: promise, carrying the
-//! voter's accepted proposal), and the quorum that lets the claimer go on. Each request's state
+//! and is ranked, the claim (`Prepare`), the votes (`Promise`, carrying the voter's
+//! accepted proposal), and the quorum that lets the claimer go on. Each request's state
 //! changes in one place, `set_state`, which also saves the vote before anything depends on it.
 
 use super::*;
@@ -123,7 +123,7 @@ impl Node {
         // The first responders get the claim at once; the other voters when convenient (it
         // rides with the next message to them, or goes after `LATER_WAIT_MS`), and not at all
         // if the request is decided before: then the decision is all they need to hear.
-        let claim = Msg::Claim { rid, by: me, round, op, reply_to, first };
+        let claim = Msg::Prepare { rid, by: me, round, op, reply_to, first };
         let first = self.responders(now, me);
         let enough = first.len() + 1 >= self.table.quorum();
         for to in self.table.voters() {
@@ -138,7 +138,7 @@ impl Node {
     /// Drops the claims of `rid` still waiting to be sent (it is decided).
     pub(super) fn drop_waiting_claims(&mut self, rid: RequestId) {
         for (_, msgs) in self.later.values_mut() {
-            msgs.retain(|m| !matches!(m, Msg::Claim { rid: r, .. } if *r == rid));
+            msgs.retain(|m| !matches!(m, Msg::Prepare { rid: r, .. } if *r == rid));
         }
         self.later.retain(|_, (_, msgs)| !msgs.is_empty());
     }
@@ -154,7 +154,7 @@ impl Node {
     pub(super) fn vote(&mut self, now: u64, rid: RequestId, claimer: Claimer) -> Msg {
         let me = self.cfg.id;
         let Claimer { by, round, .. } = claimer;
-        let refuse = |holder: Option<ServerId>, round: u32, firm: bool, reply: Option<Reply>, record| Msg::ClaimAck {
+        let refuse = |holder: Option<ServerId>, round: u32, firm: bool, reply: Option<Reply>, record| Msg::Promise {
             rid,
             from: me,
             granted: false,
@@ -183,7 +183,7 @@ impl Node {
         // A grant echoes the claim's round (a late grant must not count for a later round) and
         // reports our accepted proposal: its round in `holder`, its reply and record.
         let ack = match &e.vote.accepted {
-            Some(p) => Msg::ClaimAck {
+            Some(p) => Msg::Promise {
                 rid,
                 from: me,
                 granted: true,
@@ -195,7 +195,7 @@ impl Node {
             },
             None => {
                 let record = e.op.as_ref().and_then(|op| op.user()).and_then(|u| self.dir.get(u)).cloned();
-                Msg::ClaimAck { rid, from: me, granted: true, holder: None, round, firm: false, reply: None, record }
+                Msg::Promise { rid, from: me, granted: true, holder: None, round, firm: false, reply: None, record }
             }
         };
         if matches!(e.state, State::Claiming { .. }) {
@@ -234,7 +234,7 @@ impl Node {
         let answer = self.vote(now, rid, claimer);
         // A grant the claimer does not wait for stays unsent the first time (the promise is
         // kept all the same); a repeat of the claim is answered.
-        let granted = matches!(answer, Msg::ClaimAck { granted: true, .. });
+        let granted = matches!(answer, Msg::Promise { granted: true, .. });
         if granted && !repeat && !self.responders(now, by).contains(&self.cfg.id) {
             return;
         }

@@ -66,7 +66,7 @@ impl Node {
                     if let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) {
                         let missing: Vec<ServerId> =
                             self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
-                        self.multicast(missing, &Msg::Claim { rid, by: me, round, op, reply_to, first });
+                        self.multicast(missing, &Msg::Prepare { rid, by: me, round, op, reply_to, first });
                     }
                     self.touch(rid, now);
                 }
@@ -77,7 +77,7 @@ impl Node {
                 } else if now >= last + self.cfg.retransmit {
                     let missing: Vec<ServerId> =
                         self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
-                    let done = Msg::Done {
+                    let done = Msg::Accept {
                         rid,
                         by: me,
                         round: proposal.round,
@@ -95,7 +95,7 @@ impl Node {
                     let missing: Vec<ServerId> =
                         self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
                     let done =
-                        Msg::Done { rid, by: me, round: DECIDED, reply: proposal.reply, records: proposal.records };
+                        Msg::Accept { rid, by: me, round: DECIDED, reply: proposal.reply, records: proposal.records };
                     self.multicast(missing, &done);
                     self.touch(rid, now);
                 }

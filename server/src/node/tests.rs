@@ -135,15 +135,15 @@ fn record(server: ServerId, token: &str) -> UserRecord {
 }
 
 fn done(by: ServerId, round: u32, token: &str) -> Msg {
-    Msg::Done { rid: rid(), by, round, reply: reply(by, token), records: vec![record(by, token)] }
+    Msg::Accept { rid: rid(), by, round, reply: reply(by, token), records: vec![record(by, token)] }
 }
 
 fn claim(by: ServerId, round: u32) -> Msg {
-    Msg::Claim { rid: rid(), by, round, op: register(), reply_to: client(), first: true }
+    Msg::Prepare { rid: rid(), by, round, op: register(), reply_to: client(), first: true }
 }
 
 fn grant(from: ServerId, round: u32) -> Msg {
-    Msg::ClaimAck { rid: rid(), from, granted: true, holder: None, round, firm: false, reply: None, record: None }
+    Msg::Promise { rid: rid(), from, granted: true, holder: None, round, firm: false, reply: None, record: None }
 }
 
 /// Node 1 wins the client's request and claims it in round 1.
@@ -152,14 +152,14 @@ fn claiming_node() -> Node {
     let out = sent(
         n.step(2, Input::Message { from: Peer::Client(client()), msg: Msg::Request { rid: rid(), op: register() } }),
     );
-    assert!(out.iter().any(|m| matches!(m, Msg::Claim { round: 1, .. })), "{out:?}");
+    assert!(out.iter().any(|m| matches!(m, Msg::Prepare { round: 1, .. })), "{out:?}");
     n
 }
 
 fn proposals(out: &[Msg]) -> Vec<(u32, Reply)> {
     out.iter()
         .filter_map(|m| match m {
-            Msg::Done { round, reply, .. } => Some((*round, reply.clone())),
+            Msg::Accept { round, reply, .. } => Some((*round, reply.clone())),
             _ => None,
         })
         .collect()
@@ -169,7 +169,7 @@ fn proposals(out: &[Msg]) -> Vec<(u32, Reply)> {
 fn unhurried(by: ServerId, seq: u64) -> Msg {
     let rid = RequestId { client: 7, seq };
     let reply = Reply { rid, server: by, result: Ok(Answer::Encrypted { len: 10, transfer: seq }) };
-    Msg::Done { rid, by, round: DECIDED, reply, records: vec![] }
+    Msg::Accept { rid, by, round: DECIDED, reply, records: vec![] }
 }
 
 fn decided_here(n: &Node, seq: u64) -> bool {
@@ -193,7 +193,7 @@ fn decisions_that_wrote_nothing_wait_to_ride_along_or_go_together_later() {
     };
     let acks = |m: &Msg| match m {
         Msg::Batch { from: 2, msgs } => {
-            msgs.iter().filter(|a| matches!(a, Msg::DoneAck { accepted: true, round: DECIDED, .. })).count()
+            msgs.iter().filter(|a| matches!(a, Msg::Accepted { accepted: true, round: DECIDED, .. })).count()
         }
         _ => 0,
     };
@@ -206,7 +206,7 @@ fn decisions_that_wrote_nothing_wait_to_ride_along_or_go_together_later() {
     let out = datagrams(n.step(31, Input::Message { from: Peer::Server(1), msg: claim(1, 1) }));
     match &out[..] {
         [Msg::Batch { from: 2, msgs }] => {
-            assert!(matches!(msgs[..], [Msg::DoneAck { round: DECIDED, .. }, Msg::ClaimAck { .. }]), "{msgs:?}");
+            assert!(matches!(msgs[..], [Msg::Accepted { round: DECIDED, .. }, Msg::Promise { .. }]), "{msgs:?}");
         }
         other => panic!("expected the ack to ride with the vote: {other:?}"),
     }
@@ -224,13 +224,13 @@ fn decisions_that_wrote_nothing_wait_to_ride_along_or_go_together_later() {
 fn a_restarted_server_still_answers_claims_with_the_decided_reply() {
     let mut n = node(1);
     from(&mut n, 5, 2, claim(2, 1));
-    assert!(matches!(from(&mut n, 6, 2, done(2, 1, "t2"))[0], Msg::DoneAck { accepted: true, .. }));
+    assert!(matches!(from(&mut n, 6, 2, done(2, 1, "t2"))[0], Msg::Accepted { accepted: true, .. }));
     from(&mut n, 7, 2, done(2, DECIDED, "t2"));
     let mut r = restart(&n, 100);
     // A server that missed everything claims in a higher round: it must learn the decision.
     let out = from(&mut r, 101, 3, claim(3, 2));
     assert!(
-        matches!(&out[0], Msg::ClaimAck { granted: false, reply: Some(rep), .. } if *rep == reply(2, "t2")),
+        matches!(&out[0], Msg::Promise { granted: false, reply: Some(rep), .. } if *rep == reply(2, "t2")),
         "{out:?}"
     );
 }
@@ -243,34 +243,34 @@ fn a_restarted_server_reports_what_it_accepted_and_keeps_its_promises() {
     let mut r = restart(&n, 100);
     let out = from(&mut r, 101, 3, claim(3, 2));
     assert!(
-        matches!(&out[0], Msg::ClaimAck { granted: true, round: 2, holder: Some(1), reply: Some(rep), .. } if *rep == reply(2, "t2")),
+        matches!(&out[0], Msg::Promise { granted: true, round: 2, holder: Some(1), reply: Some(rep), .. } if *rep == reply(2, "t2")),
         "the vote reports the accepted proposal and its round: {out:?}"
     );
     let mut r = restart(&r, 200);
     let out = from(&mut r, 201, 2, done(2, 1, "t2"));
-    assert!(matches!(out[0], Msg::DoneAck { accepted: false, round: 2, .. }), "round 2 was promised: {out:?}");
+    assert!(matches!(out[0], Msg::Accepted { accepted: false, round: 2, .. }), "round 2 was promised: {out:?}");
     let out = from(&mut r, 202, 2, claim(2, 2));
-    assert!(matches!(out[0], Msg::ClaimAck { granted: false, holder: Some(3), .. }), "one vote per round: {out:?}");
+    assert!(matches!(out[0], Msg::Promise { granted: false, holder: Some(3), .. }), "one vote per round: {out:?}");
 }
 
 #[test]
 fn only_the_first_responders_answer_a_first_claim_and_get_the_proposal() {
     // Server 1 claims; with three servers its quorum needs one other vote: server 2's.
-    let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
+    let claim = Msg::Prepare { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
     let mut n3 = node(3);
     assert!(from(&mut n3, 2, 1, claim.clone()).is_empty(), "server 3 grants silently the first time");
     let out = from(&mut n3, 3, 1, claim.clone());
-    assert!(matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]), "a repeat is answered: {out:?}");
+    assert!(matches!(out[..], [Msg::Promise { granted: true, round: 1, .. }]), "a repeat is answered: {out:?}");
     let mut n2 = node(2);
     let out = from(&mut n2, 2, 1, claim);
-    assert!(matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]), "server 2 answers at once: {out:?}");
+    assert!(matches!(out[..], [Msg::Promise { granted: true, round: 1, .. }]), "server 2 answers at once: {out:?}");
     // The proposal goes to server 2 alone; a retransmission reaches whoever has not accepted.
     let mut n = claiming_node();
     let outs = n.step(3, Input::Message { from: Peer::Server(2), msg: grant(2, 1) });
     let to: Vec<Peer> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::Send { to, msg: Msg::Done { .. } } => Some(*to),
+            Output::Send { to, msg: Msg::Accept { .. } } => Some(*to),
             _ => None,
         })
         .collect();
@@ -289,8 +289,8 @@ fn a_claim_reaches_the_other_voters_later_and_not_at_all_once_decided() {
                 _ => None,
             })
             .filter(|(_, m)| match m {
-                Msg::Batch { msgs, .. } => msgs.iter().any(|m| matches!(m, Msg::Claim { .. })),
-                m => matches!(m, Msg::Claim { .. }),
+                Msg::Batch { msgs, .. } => msgs.iter().any(|m| matches!(m, Msg::Prepare { .. })),
+                m => matches!(m, Msg::Prepare { .. }),
             })
             .map(|(s, _)| s)
             .collect();
@@ -306,7 +306,7 @@ fn a_claim_reaches_the_other_voters_later_and_not_at_all_once_decided() {
     let mut n = node(1);
     n.step(2, Input::Message { from: Peer::Client(client()), msg: request });
     let mut outs = n.step(3, Input::Message { from: Peer::Server(2), msg: grant(2, 1) });
-    let accepted = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
+    let accepted = Msg::Accepted { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
     outs.extend(n.step(4, Input::Message { from: Peer::Server(2), msg: accepted }));
     outs.extend(n.tick(4 + LATER_WAIT_MS));
     assert!(claim_to(&outs).is_empty(), "{outs:?}");
@@ -317,16 +317,16 @@ fn a_claim_reaches_the_other_voters_later_and_not_at_all_once_decided() {
             _ => None,
         })
         .collect();
-    assert!(matches!(to_3[..], [Msg::Done { round: DECIDED, .. }]), "server 3 gets only the decision: {to_3:?}");
+    assert!(matches!(to_3[..], [Msg::Accept { round: DECIDED, .. }]), "server 3 gets only the decision: {to_3:?}");
 }
 
 #[test]
 fn a_voter_answers_at_once_when_the_first_responder_went_quiet() {
-    let claim = Msg::Claim { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
+    let claim = Msg::Prepare { rid: rid(), by: 1, round: 1, op: register(), reply_to: client(), first: true };
     let mut n3 = node(3);
     // Server 2 was last heard at time 1: by time 200 it no longer counts as a first responder.
     let out = from(&mut n3, 200, 1, claim);
-    assert!(matches!(out[..], [Msg::ClaimAck { granted: true, round: 1, .. }]), "{out:?}");
+    assert!(matches!(out[..], [Msg::Promise { granted: true, round: 1, .. }]), "{out:?}");
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn an_abandoned_execution_writes_nothing() {
     let out = from(&mut n, 3, 2, grant(2, 1));
     assert_eq!(proposals(&out).len(), 1, "executed and proposed to server 2, the first responder: {out:?}");
     assert!(n.directory().get("alice").is_none(), "nothing is written before the decision");
-    let refusal = Msg::DoneAck { rid: rid(), from: 2, accepted: false, holder: Some(3), round: 5, reply: None };
+    let refusal = Msg::Accepted { rid: rid(), from: 2, accepted: false, holder: Some(3), round: 5, reply: None };
     from(&mut n, 4, 2, refusal);
     assert!(n.directory().get("alice").is_none());
     // Server 3 decides its own execution: that is the record everybody keeps.
@@ -346,7 +346,7 @@ fn an_abandoned_execution_writes_nothing() {
 #[test]
 fn a_claimer_proposes_the_reported_accepted_reply_instead_of_executing() {
     let mut n = claiming_node();
-    let report = Msg::ClaimAck {
+    let report = Msg::Promise {
         rid: rid(),
         from: 2,
         granted: true,
@@ -365,7 +365,7 @@ fn a_claimer_proposes_the_reported_accepted_reply_instead_of_executing() {
 fn a_late_vote_for_an_earlier_round_does_not_count() {
     let mut n = claiming_node();
     // Server 2 promised round 1 to server 3, which is silent: claim higher.
-    let refusal = Msg::ClaimAck {
+    let refusal = Msg::Promise {
         rid: rid(),
         from: 2,
         granted: false,
@@ -376,7 +376,7 @@ fn a_late_vote_for_an_earlier_round_does_not_count() {
         record: None,
     };
     let out = from(&mut n, 3, 2, refusal);
-    assert!(out.iter().any(|m| matches!(m, Msg::Claim { round: 2, .. })), "{out:?}");
+    assert!(out.iter().any(|m| matches!(m, Msg::Prepare { round: 2, .. })), "{out:?}");
     assert!(proposals(&from(&mut n, 4, 3, grant(3, 1))).is_empty(), "a vote for round 1 is not one for round 2");
     assert_eq!(proposals(&from(&mut n, 5, 3, grant(3, 2))).len(), 1);
 }
@@ -385,13 +385,13 @@ fn a_late_vote_for_an_earlier_round_does_not_count() {
 fn a_majority_of_acceptances_decides_whatever_comes_later() {
     let mut n = claiming_node();
     from(&mut n, 3, 2, grant(2, 1));
-    let accepted = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
+    let accepted = Msg::Accepted { rid: rid(), from: 2, accepted: true, holder: None, round: 1, reply: None };
     let out = from(&mut n, 4, 2, accepted);
     assert!(proposals(&out).iter().all(|(r, _)| *r == DECIDED) && !out.is_empty(), "{out:?}");
     assert!(n.directory().get("alice").is_some(), "the decider applies the write");
-    let refusal = Msg::DoneAck { rid: rid(), from: 3, accepted: false, holder: Some(3), round: 7, reply: None };
+    let refusal = Msg::Accepted { rid: rid(), from: 3, accepted: false, holder: Some(3), round: 7, reply: None };
     from(&mut n, 5, 3, refusal);
-    let ack = Msg::DoneAck { rid: rid(), from: 2, accepted: true, holder: None, round: DECIDED, reply: None };
+    let ack = Msg::Accepted { rid: rid(), from: 2, accepted: true, holder: None, round: DECIDED, reply: None };
     let out = n.step(6, Input::Message { from: Peer::Server(2), msg: ack });
     let out = [sent(out), sent(n.tick(6 + CLAIM_TIMEOUT))].concat();
     assert!(out.iter().any(|m| matches!(m, Msg::Reply(r) if r.server == 1)), "the client is answered: {out:?}");
@@ -400,7 +400,7 @@ fn a_majority_of_acceptances_decides_whatever_comes_later() {
 #[test]
 fn a_claimer_does_not_wait_for_a_lower_round() {
     let mut n = claiming_node();
-    let refusal = Msg::ClaimAck {
+    let refusal = Msg::Promise {
         rid: rid(),
         from: 2,
         granted: false,
