@@ -168,6 +168,17 @@ enum Source {
     Direct { classify: Classifier, buf: Vec<u8> },
 }
 
+/// What one call has learnt so far.
+#[derive(Default)]
+struct CallState {
+    /// The server the payload goes to, and the transfer.
+    uploading: Option<(ServerId, u64)>,
+    /// The decided reply.
+    reply: Option<Reply>,
+    /// The transfer the result comes by, if it does not ride on the reply.
+    want_blob: Option<u64>,
+}
+
 /// A client's connection to the cloud.
 pub struct Cloud {
     sock: UdpSocket,
@@ -426,25 +437,23 @@ impl Cloud {
             Some(bytes) => self.multicast_bytes(bytes),
             None => self.multicast(&msg),
         }
-        let mut uploading: Option<(ServerId, u64)> = None;
+        let mut st = CallState::default();
         let mut resumed = 0u64;
-        let mut reply: Option<Reply> = None;
         let mut blob: Option<(SocketAddr, Vec<u8>)> = None;
-        let mut want_blob: Option<u64> = None;
         let mut transfer_error: Option<String> = None;
         let mut refetched = self.now();
         // When a reply came, and when each server was last heard from since.
         let mut replied_at: Option<u64> = None;
         let mut heard: Vec<(SocketAddr, u64)> = Vec::new();
         loop {
-            if let Some(r) = &reply {
+            if let Some(r) = &st.reply {
                 // The result must come from the server whose execution was decided: one taken
                 // from another (which ran the request before a takeover) is dropped.
                 let executor = self.servers.iter().find(|(id, _)| *id == r.server).map(|(_, a)| *a);
-                if blob.as_ref().is_some_and(|(from, _)| want_blob.is_some() && Some(*from) != executor) {
+                if blob.as_ref().is_some_and(|(from, _)| st.want_blob.is_some() && Some(*from) != executor) {
                     blob = None;
                 }
-                if want_blob.is_none() || blob.is_some() {
+                if st.want_blob.is_none() || blob.is_some() {
                     return Ok(CallResult { reply: r.clone(), blob: blob.map(|(_, b)| b), resumed });
                 }
                 if let Some(e) = transfer_error.take() {
@@ -455,7 +464,7 @@ impl Cloud {
                 }
                 // The result comes by transfer (its `Accepted` was lost: it is retransmitted
                 // until taken), or it was attached to a reply that was lost: ask again.
-                if let (Some(t), Some(at)) = (want_blob, executor) {
+                if let (Some(t), Some(at)) = (st.want_blob, executor) {
                     let now = self.now();
                     let since = replied_at.get_or_insert(now);
                     let last = heard.iter().find(|(a, _)| *a == at).map_or(*since, |(_, h)| (*h).max(*since));
@@ -490,7 +499,7 @@ impl Cloud {
             match incoming {
                 Some(Incoming::Ctl(from, msg)) => {
                     let now = self.now();
-                    self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;
+                    self.on_ctl(now, rid, from, msg, payload, &mut st)?;
                 }
                 Some(Incoming::Xfer(from, x)) => {
                     let now = self.now();
@@ -502,7 +511,7 @@ impl Cloud {
                     }
                     let now = self.now();
                     let msg = Msg::Reply(r);
-                    self.on_ctl(now, rid, from, msg, payload, &mut uploading, &mut reply, &mut want_blob)?;
+                    self.on_ctl(now, rid, from, msg, payload, &mut st)?;
                 }
                 None => {}
             }
@@ -515,14 +524,14 @@ impl Cloud {
             while let Some(ev) = self.transfers.poll_event() {
                 match ev {
                     TransferEvent::Received { id, payload: p, from }
-                        if Some(id) == want_blob || id == transfer_id(rid, 1) =>
+                        if Some(id) == st.want_blob || id == transfer_id(rid, 1) =>
                     {
                         blob = Some((from, p))
                     }
                     TransferEvent::Failed { id, reason, outgoing, peer }
                         if id == transfer_id(rid, 1) || (outgoing && id == transfer_id(rid, 0)) =>
                     {
-                        uploading = None;
+                        st.uploading = None;
                         let who = match self.servers.iter().find(|(_, a)| *a == peer) {
                             Some((sid, _)) => format!("server {sid} ({peer})"),
                             None => peer.to_string(),
@@ -530,7 +539,9 @@ impl Cloud {
                         let dir = if outgoing { "upload to" } else { "download from" };
                         transfer_error = Some(format!("transfer failed: {dir} {who}: {reason}"));
                     }
-                    TransferEvent::Resumed { id, held, .. } if Some(id) == want_blob || id == transfer_id(rid, 1) => {
+                    TransferEvent::Resumed { id, held, .. }
+                        if Some(id) == st.want_blob || id == transfer_id(rid, 1) =>
+                    {
                         resumed = held;
                     }
                     TransferEvent::Progress { total, done, outgoing, .. } => {
@@ -541,7 +552,7 @@ impl Cloud {
                     _ => {}
                 }
             }
-            if reply.is_none() {
+            if st.reply.is_none() {
                 // Lost, and still no server answers (a server that answers again may just be starting).
                 let lost = self.health.is_lost() && self.health.silence() >= LOST_WAIT;
                 let limit = if lost { Some(max_wait.unwrap_or(LOST_WAIT).min(LOST_WAIT)) } else { max_wait };
@@ -569,7 +580,6 @@ impl Cloud {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_ctl(
         &mut self,
         now: u64,
@@ -577,10 +587,9 @@ impl Cloud {
         from: SocketAddr,
         msg: Msg,
         payload: Option<&[u8]>,
-        uploading: &mut Option<(ServerId, u64)>,
-        reply: &mut Option<Reply>,
-        want_blob: &mut Option<u64>,
+        st: &mut CallState,
     ) -> Result<(), String> {
+        let CallState { uploading, reply, want_blob } = st;
         match msg {
             Msg::Reply(r) => {
                 if let Some(Completion::Answered(r)) = self.req.on_reply(r) {

@@ -321,18 +321,18 @@ impl<A> Io<A> {
     }
 }
 
-/// Emits a `Progress` event when `done` crossed the next step.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn progress_event<A>(
-    io: &mut Io<A>,
-    step: u64,
-    next: &mut u64,
-    id: TransferId,
-    peer: A,
-    outgoing: bool,
-    done: u64,
-    total: u64,
-) {
+/// One transfer's progress so far, for [`progress_event`].
+pub(super) struct Moved<A> {
+    pub(super) id: TransferId,
+    pub(super) peer: A,
+    pub(super) outgoing: bool,
+    pub(super) done: u64,
+    pub(super) total: u64,
+}
+
+/// Emits a `Progress` event when `done` crossed the next multiple of `step`.
+pub(super) fn progress_event<A>(io: &mut Io<A>, step: u64, next: &mut u64, m: Moved<A>) {
+    let Moved { id, peer, outgoing, done, total } = m;
     if step == 0 || total <= step || done < *next || done >= total {
         return;
     }

@@ -159,7 +159,8 @@ impl<A: Copy> Incoming<A> {
         } else if self.ack_due.is_none() {
             self.ack_due = Some(now.saturating_add(cfg.ack_delay_ms));
         }
-        progress_event(io, cfg.progress_step, &mut self.next_progress, id, self.from, false, done, total);
+        let moved = Moved { id, peer: self.from, outgoing: false, done, total };
+        progress_event(io, cfg.progress_step, &mut self.next_progress, moved);
         InStep::Continue
     }
 

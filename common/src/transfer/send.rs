@@ -324,7 +324,8 @@ impl<A: Copy> Outgoing<A> {
                 }
             }
             let (done, total) = (self.acked_bytes, self.total_len());
-            progress_event(io, cfg.progress_step, &mut self.next_progress, id, self.to, true, done, total);
+            let moved = Moved { id, peer: self.to, outgoing: true, done, total };
+            progress_event(io, cfg.progress_step, &mut self.next_progress, moved);
         }
         if self.base >= self.total_chunks {
             return true;

@@ -155,7 +155,7 @@ impl Node {
     }
 
     /// A proposal (Paxos accept) or a decision arrived; returns the acknowledgement.
-    pub(super) fn on_done(
+    pub(super) fn on_accept(
         &mut self,
         now: u64,
         rid: RequestId,
@@ -206,17 +206,9 @@ impl Node {
         ack(true, None, round, None)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_done_ack(
-        &mut self,
-        now: u64,
-        rid: RequestId,
-        from: ServerId,
-        accepted: bool,
-        holder: Option<ServerId>,
-        their_round: u32,
-        reply: Option<Reply>,
-    ) {
+    /// An acceptance (Paxos accepted) of our proposal or decision, or a refusal.
+    pub(super) fn on_accepted(&mut self, now: u64, rid: RequestId, a: AcceptReply) {
+        let AcceptReply { from, accepted, holder, round: their_round, reply } = a;
         let me = self.cfg.id;
         let quorum = self.table.quorum();
         if !accepted {

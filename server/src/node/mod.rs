@@ -5,12 +5,12 @@
 //! Each request is decided by single-decree Paxos among the servers, with the load election as
 //! leader hint:
 //! 1. every live server receives the client's request and ranks the live servers for it
-//!    (least effective load, ties to the lowest id); the winner claims it in round 1 (`Prepare`,
-//!    "Claim" on the wire). If no claim comes within the claim timeout, the next server in the ranking
-//!    claims; if the holder fails (999, silent, restarted), the next live server claims in a
-//!    higher round;
-//! 2. a server votes (`Promise`, "ClaimAck" on the wire, granted) for the first claimer of a round and for any
-//!    higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
+//!    (least effective load, ties to the lowest id); the winner claims it in round 1
+//!    (`Prepare`, "Claim" on the wire). If no claim comes within the claim timeout, the next
+//!    server in the ranking claims; if the holder fails (999, silent, restarted), the next live
+//!    server claims in a higher round;
+//! 2. a server votes (a granted `Promise`, "ClaimAck" on the wire) for the first claimer of a
+//!    round and for any higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
 //!    carries the voter's accepted proposal, if any, else the voter's directory record of the
 //!    request's user, so the executor never acts on a stale replica. A claim needs votes from a
 //!    majority of the servers that have not announced 999, its own included. Only its *first
@@ -679,15 +679,15 @@ impl Node {
                 }
             }
             Msg::Prepare { rid, by, round, op, reply_to, first } => {
-                self.on_claim(now, rid, Claimer { by, round, first }, op, reply_to)
+                self.on_prepare(now, rid, Claimer { by, round, first }, op, reply_to)
             }
             Msg::Promise { rid, from, granted, holder, round, firm, reply, record } => {
-                let ack = Ack { from, granted, holder, round, firm, reply, record };
-                self.on_claim_ack(now, rid, ack)
+                let ack = PromiseReply { from, granted, holder, round, firm, reply, record };
+                self.on_promise(now, rid, ack)
             }
             Msg::Accept { rid, by, round, reply, records } => {
                 let unhurried = round == DECIDED && records.is_empty();
-                let ack = self.on_done(now, rid, by, round, reply, records);
+                let ack = self.on_accept(now, rid, by, round, reply, records);
                 if unhurried {
                     // Nobody waits on it: the client has its reply (nothing was written).
                     self.send_later(now, s, ack);
@@ -696,7 +696,7 @@ impl Node {
                 }
             }
             Msg::Accepted { rid, from, accepted, holder, round, reply } => {
-                self.on_done_ack(now, rid, from, accepted, holder, round, reply)
+                self.on_accepted(now, rid, AcceptReply { from, accepted, holder, round, reply })
             }
             Msg::Record { record, .. } => self.apply_record(record),
             Msg::Token { round, .. } => {
@@ -709,8 +709,8 @@ impl Node {
     }
 }
 
-/// A `ClaimAck`'s fields.
-struct Ack {
+/// A `Promise`'s fields.
+struct PromiseReply {
     from: ServerId,
     granted: bool,
     holder: Option<ServerId>,
@@ -718,6 +718,16 @@ struct Ack {
     firm: bool,
     reply: Option<Reply>,
     record: Option<UserRecord>,
+}
+
+/// An `Accepted`'s fields: whether `from` accepted the proposal of `round` (or, refusing, the
+/// higher round that holds the request and its holder, or the reply already decided).
+struct AcceptReply {
+    from: ServerId,
+    accepted: bool,
+    holder: Option<ServerId>,
+    round: u32,
+    reply: Option<Reply>,
 }
 
 /// True for replies small enough to share a batch (not the lists a read may return).

@@ -209,7 +209,7 @@ impl Node {
         ack
     }
 
-    pub(super) fn on_claim(&mut self, now: u64, rid: RequestId, claimer: Claimer, op: Op, reply_to: SocketAddr) {
+    pub(super) fn on_prepare(&mut self, now: u64, rid: RequestId, claimer: Claimer, op: Op, reply_to: SocketAddr) {
         let Claimer { by, round, .. } = claimer;
         if round == 0 || round == DECIDED {
             self.log(format!("dropped claim of {rid} by server {by}: bad round {round}"));
@@ -262,7 +262,7 @@ impl Node {
         ids
     }
 
-    pub(super) fn on_claim_ack(&mut self, now: u64, rid: RequestId, ack: Ack) {
+    pub(super) fn on_promise(&mut self, now: u64, rid: RequestId, ack: PromiseReply) {
         let me = self.cfg.id;
         let quorum = self.table.quorum();
         if !ack.granted {
