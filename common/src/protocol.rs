@@ -437,8 +437,9 @@ pub enum Msg {
         #[serde(default)]
         first: bool,
     },
-    /// Server → claimer: Paxos promise (phase 1b, "ClaimAck" on the wire), a vote. Refused votes name the holder and its round, whether the
-    /// holder is already executing (`firm`), and the reply if the request is already done.
+    /// Server → claimer: Paxos promise (phase 1b, "ClaimAck" on the wire), a vote. Refused
+    /// votes name the holder and its round, whether the holder is already executing (`firm`),
+    /// and the reply if the request is already done.
     #[serde(rename = "ClaimAck")]
     Promise {
         rid: RequestId,
