@@ -6,7 +6,6 @@ use super::*;
 
 impl Node {
     pub(super) fn tick_entry(&mut self, now: u64, rid: RequestId) {
-        let me = self.cfg.id;
         let Some(e) = self.requests.get(&rid) else {
             self.active.remove(&rid);
             return;
@@ -18,90 +17,96 @@ impl Node {
             return;
         }
         match e.state.clone() {
-            State::Waiting => {
-                if e.op.is_none() || e.reply_to.is_none() {
-                    return;
-                }
-                // After a short grace, rank again: a load announcement that reached the servers
-                // at slightly different moments must not leave everyone waiting for another.
-                // The others' figures are taken as they are now, but our own as it was when we
-                // ranked the request: a newer figure of ours has not reached the others yet,
-                // and claiming on it would contest a claim they agreed on.
-                let live: Vec<ServerId> = if now >= e.seen + self.cfg.retransmit + RERANK_MARGIN_MS {
-                    let mut table = self.table.snapshot(now);
-                    if let Some(p) = table.iter_mut().find(|p| p.id == me && p.live) {
-                        p.load = e.own_load;
-                    }
-                    crate::election::rank(&table, self.cfg.policy, rid)
-                } else {
-                    e.rank.iter().copied().filter(|&s| self.table.is_live(now, s)).collect()
-                };
-                match live.iter().position(|&s| s == me) {
-                    Some(0) => self.start_claim(now, rid),
-                    Some(k) if now >= e.seen + self.cfg.claim_timeout * k as u64 => self.start_claim(now, rid),
-                    Some(_) => {}
-                    None => self.rewait(now, rid),
-                }
-            }
+            State::Waiting => self.tick_waiting(now, rid),
             State::Following { holder, .. } => {
                 if !self.table.is_live(now, holder) {
                     self.rewait(now, rid);
                 }
             }
-            State::Claiming { round, votes, answered, since, last, first, .. } => {
-                if now >= since + self.cfg.claim_timeout {
-                    // Whoever stayed silent since the claim began is suspected: it stops
-                    // winning elections until heard from again.
-                    for p in self.table.voters() {
-                        if !answered.contains(&p) && !self.table.heard_since(p, since) {
-                            self.table.suspect(p);
-                        }
-                    }
-                }
-                if votes.len() + 1 >= self.table.quorum() {
-                    self.on_quorum(now, rid);
-                    return;
-                }
-                if now >= last + self.cfg.retransmit {
-                    if let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) {
-                        let missing: Vec<ServerId> =
-                            self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
-                        self.multicast(missing, &Msg::Prepare { rid, by: me, round, op, reply_to, first });
-                    }
-                    self.touch(rid, now);
-                }
-            }
+            claiming @ State::Claiming { .. } => self.tick_claiming(now, rid, claiming),
             State::Accepting { proposal, acks, last } => {
                 if acks.len() + 1 >= self.table.quorum() {
                     self.decide(now, rid, proposal);
                 } else if now >= last + self.cfg.retransmit {
-                    let missing: Vec<ServerId> =
-                        self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
-                    let done = Msg::Accept {
-                        rid,
-                        by: me,
-                        round: proposal.round,
-                        reply: proposal.reply,
-                        records: proposal.records,
-                    };
-                    self.multicast(missing, &done);
-                    self.touch(rid, now);
+                    let round = proposal.round;
+                    self.resend_accept(now, rid, round, proposal, &acks);
                 }
             }
             State::Deciding { proposal, acks, last, .. } => {
                 if self.decision_spread(now, rid) {
                     self.finish_decision(now, rid);
                 } else if now >= last + self.cfg.retransmit {
-                    let missing: Vec<ServerId> =
-                        self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
-                    let done =
-                        Msg::Accept { rid, by: me, round: DECIDED, reply: proposal.reply, records: proposal.records };
-                    self.multicast(missing, &done);
-                    self.touch(rid, now);
+                    self.resend_accept(now, rid, DECIDED, proposal, &acks);
                 }
             }
             State::Executing { .. } | State::Decided { .. } => {}
         }
+    }
+
+    /// A request nobody claimed yet: claim it when this server is first in the ranking, or
+    /// when those before it had their claim timeout each.
+    fn tick_waiting(&mut self, now: u64, rid: RequestId) {
+        let me = self.cfg.id;
+        let Some(e) = self.requests.get(&rid) else { return };
+        if e.op.is_none() || e.reply_to.is_none() {
+            return;
+        }
+        // After a short grace, rank again: a load announcement that reached the servers at
+        // slightly different moments must not leave everyone waiting for another. The others'
+        // figures are taken as they are now, but our own as it was when we ranked the request:
+        // a newer figure of ours has not reached the others yet, and claiming on it would
+        // contest a claim they agreed on.
+        let live: Vec<ServerId> = if now >= e.seen + self.cfg.retransmit + RERANK_MARGIN_MS {
+            let mut table = self.table.snapshot(now);
+            if let Some(p) = table.iter_mut().find(|p| p.id == me && p.live) {
+                p.load = e.own_load;
+            }
+            crate::election::rank(&table, self.cfg.policy, rid)
+        } else {
+            e.rank.iter().copied().filter(|&s| self.table.is_live(now, s)).collect()
+        };
+        match live.iter().position(|&s| s == me) {
+            Some(0) => self.start_claim(now, rid),
+            Some(k) if now >= e.seen + self.cfg.claim_timeout * k as u64 => self.start_claim(now, rid),
+            Some(_) => {}
+            None => self.rewait(now, rid),
+        }
+    }
+
+    /// Our prepare: suspect the silent after the claim timeout, go on at a quorum of
+    /// promises, else send it again to those that have not answered.
+    fn tick_claiming(&mut self, now: u64, rid: RequestId, state: State) {
+        let State::Claiming { round, votes, answered, since, last, first, .. } = state else { return };
+        if now >= since + self.cfg.claim_timeout {
+            // Whoever stayed silent since the claim began is suspected: it stops winning
+            // elections until heard from again.
+            for p in self.table.voters() {
+                if !answered.contains(&p) && !self.table.heard_since(p, since) {
+                    self.table.suspect(p);
+                }
+            }
+        }
+        if votes.len() + 1 >= self.table.quorum() {
+            self.on_quorum(now, rid);
+            return;
+        }
+        if now >= last + self.cfg.retransmit {
+            let request = self.requests.get(&rid).map(|e| (e.op.clone(), e.reply_to));
+            if let Some((Some(op), Some(reply_to))) = request {
+                let missing: Vec<ServerId> = self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
+                self.multicast(missing, &Msg::Prepare { rid, by: self.cfg.id, round, op, reply_to, first });
+            }
+            self.touch(rid, now);
+        }
+    }
+
+    /// Sends our proposal (or, in round `DECIDED`, the decision) again to the voters that have
+    /// not acknowledged it.
+    fn resend_accept(&mut self, now: u64, rid: RequestId, round: u32, proposal: Proposal, acks: &BTreeSet<ServerId>) {
+        let missing: Vec<ServerId> = self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
+        let accept = Msg::Accept { rid, by: self.cfg.id, round, reply: proposal.reply, records: proposal.records };
+        self.multicast(missing, &accept);
+        self.touch(rid, now);
     }
 
     /// Notes a retransmission time.
