@@ -9,7 +9,7 @@
 //! What runs for real: three `server::node::Node`s (election, Paxos, replicated directory with
 //! the inbox, votes saved with the directory), both clients' `Requester`s (cloud requests) and
 //! `PeerLink`s (direct messages: three tries, acks, deduplication), the owner's
-//! `Sharing::grant` (versions), and each server's `server::work::Services` (the relay: up to
+//! `Sharing::grant` (versions), and each server's `server::services::Services` (the relay: up to
 //! `RELAY_TRIES` tries from the server's client socket, `Relayed { delivered }` as the peer's
 //! `PeerAck` says; a crash loses the relays in progress). What is modelled here, following the
 //! code it stands for:
@@ -60,8 +60,8 @@ use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
 use server::node::{Input, Node, NodeConfig, Output, Peer};
-use server::service::MAX_TOMBSTONES;
-use server::work::{Datagram, Services};
+use server::ops::MAX_TOMBSTONES;
+use server::services::{Datagram, Services};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 

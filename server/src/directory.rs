@@ -6,7 +6,7 @@
 //! replicas that apply the same records in any order, any number of times, end up equal.
 //!
 //! The votes are not replicated: they are what this server promised and accepted for each
-//! request it still tracks (see `node.rs`). They live here so that a server restarted from its
+//! request it still tracks (see `node/`). They live here so that a server restarted from its
 //! saved directory neither votes twice in a round nor forgets a reply it accepted; the shell
 //! saves the snapshot before sending anything a step produced. Equality and the digest cover
 //! the users only: two replicas are equal when they hold the same records.

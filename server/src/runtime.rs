@@ -10,8 +10,8 @@ use crate::keys::BadTags;
 use crate::load;
 use crate::node::{Input, Node, NodeConfig, Output, Peer};
 use crate::pool::Pool;
+use crate::services::{self, Datagram};
 use crate::store::Store;
-use crate::work::{self, Datagram};
 use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
@@ -333,7 +333,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         key,
     };
     let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
-    let services = work::Services::new(opts.id, &opts.cfg);
+    let services = services::Services::new(opts.id, &opts.cfg);
     let server = Arc::new_cyclic(|me: &Weak<Server>| {
         let workers = Workers { pool, covers, slow_ms: opts.slow_ms, server: me.clone() };
         let core = Mutex::new(Core { node, services, store, stopped: false });
@@ -383,7 +383,7 @@ struct Shell {
 /// What changes, behind the server's one lock: the node, the services and the store.
 struct Core {
     node: Node,
-    services: work::Services,
+    services: services::Services,
     store: Store,
     stopped: bool,
 }
@@ -410,7 +410,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn run(&self, jobs: Vec<work::HideJob>) {
+    fn run(&self, jobs: Vec<services::HideJob>) {
         for job in jobs {
             let (covers, server, slow) = (self.covers.clone(), self.server.clone(), self.slow_ms);
             self.pool.submit(Box::new(move || {

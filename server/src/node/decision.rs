@@ -16,18 +16,18 @@ impl Node {
             self.executions.push(rid);
         }
         let wall = self.cfg.wall_base + now;
-        if let Err(e) = service::authorize(&self.dir, rid, &op, wall, self.cfg.auth_window) {
+        if let Err(e) = ops::authorize(&self.dir, rid, &op, wall, self.cfg.auth_window) {
             self.log(format!("{rid}: {} refused: {e}", op.kind()));
             let reply = Reply { rid, server: self.cfg.id, result: Err(e) };
             self.propose(now, rid, Proposal { round, reply, records: vec![] });
             return;
         }
         if op.needs_worker() {
-            let key = op.signer().and_then(|u| service::user_key(&self.dir, u, Purpose::Own));
+            let key = op.signer().and_then(|u| ops::user_key(&self.dir, u, Purpose::Own));
             self.out.push(Output::Execute { rid, op, reply_to, key });
             return;
         }
-        let outcome = service::execute(&mut self.dir, self.cfg.id, rid, &op, reply_to, &mut self.keys);
+        let outcome = ops::execute(&mut self.dir, self.cfg.id, rid, &op, reply_to, &mut self.keys);
         let reply = Reply { rid, server: self.cfg.id, result: outcome.result };
         self.propose(now, rid, Proposal { round, reply, records: outcome.changed });
     }

@@ -60,7 +60,7 @@ use crate::directory::{Directory, Proposal, Vote};
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
 use crate::failure::{FailureConfig, FailureSim, SimAction};
 use crate::keys::Mismatches;
-use crate::service;
+use crate::ops;
 use common::config::{ClusterConfig, ServerId};
 use common::crypto::{Key, KeyGen, Purpose};
 use common::protocol::{

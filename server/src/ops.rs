@@ -10,7 +10,7 @@ use crate::directory::Directory;
 use common::auth::{self, secret_bytes};
 use common::config::ServerId;
 use common::crypto::{self, KeyGen, Purpose};
-use common::protocol::{Answer, InboxEntry, Op, RequestId, UserInfo, UserRecord, MAX_LIST};
+use common::protocol::{Answer, Envelope, InboxEntry, Op, RequestId, UserInfo, UserRecord, MAX_LIST};
 use std::net::SocketAddr;
 
 /// Messages one user may have waiting in the cloud (a record must fit one datagram).
@@ -58,7 +58,7 @@ pub fn user_key(dir: &Directory, user: &str, purpose: Purpose) -> Option<crypto:
 
 /// Executes a directory operation already authorized; `from` is the client's address. Only
 /// the clock of `dir` moves (so versions stay unique); the changed records are returned, not
-/// applied. `keys` makes secrets and share keys.
+/// applied. `keys` makes secrets and share keys. One function per operation follows.
 pub fn execute(
     dir: &mut Directory,
     me: ServerId,
@@ -67,159 +67,174 @@ pub fn execute(
     from: SocketAddr,
     keys: &mut KeyGen,
 ) -> Outcome {
-    let authed = |dir: &Directory, name: &str| -> Result<UserRecord, String> {
-        dir.get(name).cloned().ok_or_else(|| format!("unknown user {name}"))
-    };
+    let done = |r: Result<Outcome, String>| r.unwrap_or_else(fail);
     match op {
-        Op::Register { name } => {
-            if let Some(r) = dir.get(name) {
-                if r.created_by == rid {
-                    // A retried registration handled twice returns the same user.
-                    let result =
-                        Ok(Answer::Registered { user_id: r.user_id, name: r.name.clone(), secret: r.secret.clone() });
-                    return Outcome { result, changed: vec![] };
-                }
-                return fail(format!("the name {name} is taken"));
-            }
-            let rec = UserRecord {
-                name: name.clone(),
-                user_id: user_id_of(name),
-                secret: crypto::to_hex(&keys.next_key()),
-                addr: None,
-                online: false,
-                images: vec![],
-                version: dir.next_version(me),
-                created_by: rid,
-                inbox: vec![],
-            };
-            let result =
-                Ok(Answer::Registered { user_id: rec.user_id, name: rec.name.clone(), secret: rec.secret.clone() });
-            Outcome { result, changed: vec![rec] }
-        }
-        Op::SignIn { name, .. } | Op::SignOut { name, .. } => {
-            let mut rec = match authed(dir, name) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
-            let signing_in = matches!(op, Op::SignIn { .. });
-            let result = Ok(if signing_in { Answer::SignedIn { user_id: rec.user_id } } else { Answer::SignedOut });
-            let addr = if signing_in { Some(from) } else { rec.addr };
-            if rec.online == signing_in && rec.addr == addr {
-                return Outcome { result, changed: vec![] };
-            }
-            rec.online = signing_in;
-            rec.addr = addr;
-            rec.version = dir.next_version(me);
-            Outcome { result, changed: vec![rec] }
-        }
-        Op::SetImages { name, images, .. } => {
-            let mut rec = match authed(dir, name) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
-            if &rec.images == images {
-                return Outcome { result: Ok(Answer::Done), changed: vec![] };
-            }
-            rec.images = images.clone();
-            rec.version = dir.next_version(me);
-            Outcome { result: Ok(Answer::Done), changed: vec![rec] }
-        }
+        Op::Register { name } => register(dir, me, rid, name, keys),
+        Op::SignIn { name, .. } => done(sign_in_or_out(dir, me, name, Some(from))),
+        Op::SignOut { name, .. } => done(sign_in_or_out(dir, me, name, None)),
+        Op::SetImages { name, images, .. } => done(set_images(dir, me, name, images)),
         Op::Lookup { name } => match dir.get(name) {
             Some(r) => Outcome { result: Ok(Answer::User(UserInfo::from(r))), changed: vec![] },
             None => fail(format!("unknown user {name}")),
         },
-        Op::ListOnline => {
-            let mut list = Vec::new();
-            let mut size = 0;
-            for u in dir.online() {
-                size += 64 + u.name.len() + u.images.iter().map(|i| i.len() + 3).sum::<usize>();
-                if size > ANSWER_BUDGET || list.len() >= MAX_LIST {
-                    break;
-                }
-                list.push(u);
-            }
-            Outcome { result: Ok(Answer::Online(list)), changed: vec![] }
-        }
+        Op::ListOnline => list_online(dir),
         Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => {
             fail(format!("{} is not a directory operation", op.kind()))
         }
-        Op::ShareKey { owner, viewer, image_id, .. } => {
-            let (Some(o), Some(v)) = (dir.get(owner), dir.get(viewer)) else {
-                return fail(format!("unknown user {viewer}"));
-            };
-            let share = keys.next_key();
-            let aad = auth::share_aad(owner, viewer, image_id);
-            let wrap = |r: &UserRecord| {
-                crypto::to_hex(&crypto::seal(&crypto::derive(&secret_bytes(&r.secret), Purpose::Wrap), &aad, &share))
-            };
-            let result = Ok(Answer::ShareKey { for_owner: wrap(o), for_viewer: wrap(v) });
-            Outcome { result, changed: vec![] }
-        }
-        Op::Buffer { name, envelope, unreachable, .. } => {
-            if let Err(e) = authed(dir, name) {
-                return fail(e);
-            }
-            let Some(mut rec) = dir.get(&envelope.to).cloned() else {
-                return fail(format!("unknown user {}", envelope.to));
-            };
-            if rec.inbox.iter().any(|e| e.envelope.from == envelope.from && e.envelope.id == envelope.id) {
-                return Outcome { result: Ok(Answer::Buffered), changed: vec![] };
-                // a retry
-            }
-            if rec.inbox.iter().filter(|e| !e.delivered).count() >= MAX_PENDING {
-                return fail(format!("{}'s inbox is full", envelope.to));
-            }
-            let v = dir.next_version(me);
-            rec.inbox.push(InboxEntry { seq: v, envelope: envelope.clone(), delivered: false, version: v });
-            // The sender and then the cloud could not reach the recipient at its recorded address:
-            // it is offline. (Not when it signed in again elsewhere meanwhile.)
-            if unreachable.is_some() && *unreachable == rec.addr {
-                rec.online = false;
-            }
-            rec.version = v;
-            Outcome { result: Ok(Answer::Buffered), changed: vec![rec] }
-        }
-        Op::InboxAck { name, ids, .. } => {
-            let mut rec = match authed(dir, name) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
-            let v = dir.next_version(me);
-            let mut changed = false;
-            for e in rec.inbox.iter_mut().filter(|e| !e.delivered && ids.contains(&e.envelope.id)) {
-                e.delivered = true;
-                e.version = v;
-                changed = true;
-            }
-            // Keep the newest tombstones only (enough for replicas to drop what was delivered).
-            let tombstones = rec.inbox.iter().filter(|e| e.delivered).count();
-            if tombstones > MAX_TOMBSTONES {
-                let mut drop = tombstones - MAX_TOMBSTONES;
-                rec.inbox.retain(|e| {
-                    let gone = e.delivered && drop > 0;
-                    if gone {
-                        drop -= 1;
-                    }
-                    !gone
-                });
-            }
-            let mut pending = Vec::new();
-            let mut size = 0;
-            for e in rec.inbox.iter().filter(|e| !e.delivered) {
-                size += 200 + serde_json::to_vec(&e.envelope).map(|b| b.len()).unwrap_or(0);
-                if size > ANSWER_BUDGET {
-                    break;
-                }
-                pending.push(e.envelope.clone());
-            }
-            let result = Ok(Answer::Inbox(pending));
-            if !changed {
-                return Outcome { result, changed: vec![] };
-            }
-            rec.version = v;
-            Outcome { result, changed: vec![rec] }
-        }
+        Op::ShareKey { owner, viewer, image_id, .. } => share_key(dir, owner, viewer, image_id, keys),
+        Op::Buffer { name, envelope, unreachable, .. } => done(buffer(dir, me, name, envelope, *unreachable)),
+        Op::InboxAck { name, ids, .. } => done(inbox_ack(dir, me, name, ids)),
     }
+}
+
+/// The record of a signed-in user the operation acts for.
+fn authed(dir: &Directory, name: &str) -> Result<UserRecord, String> {
+    dir.get(name).cloned().ok_or_else(|| format!("unknown user {name}"))
+}
+
+/// A new user with a fresh secret (a retried registration gets the same user back).
+fn register(dir: &mut Directory, me: ServerId, rid: RequestId, name: &str, keys: &mut KeyGen) -> Outcome {
+    if let Some(r) = dir.get(name) {
+        if r.created_by == rid {
+            // A retried registration handled twice returns the same user.
+            let result = Ok(Answer::Registered { user_id: r.user_id, name: r.name.clone(), secret: r.secret.clone() });
+            return Outcome { result, changed: vec![] };
+        }
+        return fail(format!("the name {name} is taken"));
+    }
+    let rec = UserRecord {
+        name: name.to_string(),
+        user_id: user_id_of(name),
+        secret: crypto::to_hex(&keys.next_key()),
+        addr: None,
+        online: false,
+        images: vec![],
+        version: dir.next_version(me),
+        created_by: rid,
+        inbox: vec![],
+    };
+    let result = Ok(Answer::Registered { user_id: rec.user_id, name: rec.name.clone(), secret: rec.secret.clone() });
+    Outcome { result, changed: vec![rec] }
+}
+
+/// Signs `name` in at `at`, or out (`None`: the address stays recorded).
+fn sign_in_or_out(dir: &mut Directory, me: ServerId, name: &str, at: Option<SocketAddr>) -> Result<Outcome, String> {
+    let mut rec = authed(dir, name)?;
+    let signing_in = at.is_some();
+    let result = Ok(if signing_in { Answer::SignedIn { user_id: rec.user_id } } else { Answer::SignedOut });
+    let addr = at.or(rec.addr);
+    if rec.online == signing_in && rec.addr == addr {
+        return Ok(Outcome { result, changed: vec![] });
+    }
+    rec.online = signing_in;
+    rec.addr = addr;
+    rec.version = dir.next_version(me);
+    Ok(Outcome { result, changed: vec![rec] })
+}
+
+/// The image ids `name` shares.
+fn set_images(dir: &mut Directory, me: ServerId, name: &str, images: &[String]) -> Result<Outcome, String> {
+    let mut rec = authed(dir, name)?;
+    if rec.images == images {
+        return Ok(Outcome { result: Ok(Answer::Done), changed: vec![] });
+    }
+    rec.images = images.to_vec();
+    rec.version = dir.next_version(me);
+    Ok(Outcome { result: Ok(Answer::Done), changed: vec![rec] })
+}
+
+/// The online users, as many as fit one answer.
+fn list_online(dir: &Directory) -> Outcome {
+    let mut list = Vec::new();
+    let mut size = 0;
+    for u in dir.online() {
+        size += 64 + u.name.len() + u.images.iter().map(|i| i.len() + 3).sum::<usize>();
+        if size > ANSWER_BUDGET || list.len() >= MAX_LIST {
+            break;
+        }
+        list.push(u);
+    }
+    Outcome { result: Ok(Answer::Online(list)), changed: vec![] }
+}
+
+/// A fresh share key for `owner`'s `image_id` shared with `viewer`, sealed for each of them.
+fn share_key(dir: &Directory, owner: &str, viewer: &str, image_id: &str, keys: &mut KeyGen) -> Outcome {
+    let (Some(o), Some(v)) = (dir.get(owner), dir.get(viewer)) else {
+        return fail(format!("unknown user {viewer}"));
+    };
+    let share = keys.next_key();
+    let aad = auth::share_aad(owner, viewer, image_id);
+    let wrap = |r: &UserRecord| {
+        crypto::to_hex(&crypto::seal(&crypto::derive(&secret_bytes(&r.secret), Purpose::Wrap), &aad, &share))
+    };
+    Outcome { result: Ok(Answer::ShareKey { for_owner: wrap(o), for_viewer: wrap(v) }), changed: vec![] }
+}
+
+/// Keeps `envelope` in its recipient's inbox; if neither the sender nor the cloud could reach
+/// the recipient at its recorded address, it is offline.
+fn buffer(
+    dir: &mut Directory,
+    me: ServerId,
+    name: &str,
+    envelope: &Envelope,
+    unreachable: Option<SocketAddr>,
+) -> Result<Outcome, String> {
+    authed(dir, name)?;
+    let mut rec = dir.get(&envelope.to).cloned().ok_or_else(|| format!("unknown user {}", envelope.to))?;
+    if rec.inbox.iter().any(|e| e.envelope.from == envelope.from && e.envelope.id == envelope.id) {
+        return Ok(Outcome { result: Ok(Answer::Buffered), changed: vec![] }); // a retry
+    }
+    if rec.inbox.iter().filter(|e| !e.delivered).count() >= MAX_PENDING {
+        return Err(format!("{}'s inbox is full", envelope.to));
+    }
+    let v = dir.next_version(me);
+    rec.inbox.push(InboxEntry { seq: v, envelope: envelope.clone(), delivered: false, version: v });
+    // (Not when it signed in again elsewhere meanwhile.)
+    if unreachable.is_some() && unreachable == rec.addr {
+        rec.online = false;
+    }
+    rec.version = v;
+    Ok(Outcome { result: Ok(Answer::Buffered), changed: vec![rec] })
+}
+
+/// Marks the envelopes `ids` of `name`'s inbox delivered (keeping the newest tombstones only)
+/// and answers with what is still pending, as much as fits one answer.
+fn inbox_ack(dir: &mut Directory, me: ServerId, name: &str, ids: &[u64]) -> Result<Outcome, String> {
+    let mut rec = authed(dir, name)?;
+    let v = dir.next_version(me);
+    let mut changed = false;
+    for e in rec.inbox.iter_mut().filter(|e| !e.delivered && ids.contains(&e.envelope.id)) {
+        e.delivered = true;
+        e.version = v;
+        changed = true;
+    }
+    // Keep the newest tombstones only (enough for replicas to drop what was delivered).
+    let tombstones = rec.inbox.iter().filter(|e| e.delivered).count();
+    if tombstones > MAX_TOMBSTONES {
+        let mut drop = tombstones - MAX_TOMBSTONES;
+        rec.inbox.retain(|e| {
+            let gone = e.delivered && drop > 0;
+            if gone {
+                drop -= 1;
+            }
+            !gone
+        });
+    }
+    let mut pending = Vec::new();
+    let mut size = 0;
+    for e in rec.inbox.iter().filter(|e| !e.delivered) {
+        size += 200 + serde_json::to_vec(&e.envelope).map(|b| b.len()).unwrap_or(0);
+        if size > ANSWER_BUDGET {
+            break;
+        }
+        pending.push(e.envelope.clone());
+    }
+    let result = Ok(Answer::Inbox(pending));
+    if !changed {
+        return Ok(Outcome { result, changed: vec![] });
+    }
+    rec.version = v;
+    Ok(Outcome { result, changed: vec![rec] })
 }
 
 #[cfg(test)]
