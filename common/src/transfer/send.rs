@@ -65,6 +65,36 @@ pub(super) struct Slot {
     pub(super) delivered: u64,
 }
 
+/// What one ack newly acknowledged: the newest transmission order among those chunks, the
+/// send time of the newest chunk sent only once (Karn: retransmitted chunks give ambiguous
+/// samples), whether a retransmission was needless, and the controller's delivered count when
+/// the newest of them was sent.
+struct Newly {
+    now: u64,
+    min_rtt: u64,
+    max_order: u64,
+    newest_once: Option<(u64, u64)>,
+    spurious: bool,
+    sent_delivered: Option<u64>,
+}
+
+impl Newly {
+    fn new(now: u64, min_rtt: u64) -> Self {
+        Newly { now, min_rtt, max_order: 0, newest_once: None, spurious: false, sent_delivered: None }
+    }
+
+    fn note(&mut self, slot: &Slot) {
+        self.max_order = self.max_order.max(slot.order);
+        self.sent_delivered = Some(self.sent_delivered.map_or(slot.delivered, |d| d.max(slot.delivered)));
+        if slot.tx == 1 && self.newest_once.is_none_or(|(o, _)| slot.order > o) {
+            self.newest_once = Some((slot.order, slot.sent_at));
+        }
+        if slot.tx > 1 && self.now.saturating_sub(slot.sent_at) < self.min_rtt {
+            self.spurious = true;
+        }
+    }
+}
+
 /// One outgoing transfer.
 pub(super) struct Outgoing<A> {
     pub(super) to: A,
@@ -216,24 +246,33 @@ impl<A: Copy> Outgoing<A> {
             io.stats.ignored += 1;
             return false;
         }
-        // Newest transmission order among newly acked chunks, and the send time of the newest
-        // chunk sent only once (Karn: retransmitted chunks give ambiguous samples).
-        let mut max_order = 0u64;
-        let mut newest_once: Option<(u64, u64)> = None;
-        let mut spurious = false;
-        let mut sent_delivered: Option<u64> = None;
         let acked_before = self.acked_bytes;
-        let min_rtt = if self.rtt.measured { self.rtt.min_rtt } else { 0 };
-        let mut note = |slot: &Slot| {
-            max_order = max_order.max(slot.order);
-            sent_delivered = Some(sent_delivered.map_or(slot.delivered, |d| d.max(slot.delivered)));
-            if slot.tx == 1 && newest_once.is_none_or(|(o, _)| slot.order > o) {
-                newest_once = Some((slot.order, slot.sent_at));
-            }
-            if slot.tx > 1 && now.saturating_sub(slot.sent_at) < min_rtt {
-                spurious = true;
-            }
-        };
+        let mut newly = Newly::new(now, if self.rtt.measured { self.rtt.min_rtt } else { 0 });
+        let skipped = self.take_cumulative(cum, &mut newly);
+        self.take_selective(cum, sack, &mut newly);
+        while self.slots.front().is_some_and(|s| s.acked) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        if newly.max_order > 0 {
+            let delivered = self.acked_bytes - acked_before - skipped;
+            self.learn_from_ack(id, now, &newly, delivered, cfg, io);
+        }
+        if self.base >= self.total_chunks {
+            return true;
+        }
+        self.pump(id, now, cfg, io);
+        while self.slots.front().is_some_and(|s| s.acked) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        self.base >= self.total_chunks
+    }
+
+    /// The cumulative ack: every chunk below `cum` is held. Returns the bytes of chunks the
+    /// receiver held without our sending them (a resumed transfer): not deliveries the path
+    /// made, so the controller does not count them.
+    fn take_cumulative(&mut self, cum: u32, newly: &mut Newly) -> u64 {
         while self.base < cum {
             let seq = self.base;
             let Some(slot) = self.slots.pop_front() else {
@@ -243,11 +282,9 @@ impl<A: Copy> Outgoing<A> {
             if !slot.acked {
                 self.unacked = self.unacked.saturating_sub(1);
                 self.acked_bytes += self.chunk_len(seq);
-                note(&slot);
+                newly.note(&slot);
             }
         }
-        // A resumed transfer: the receiver already holds chunks never sent. They are not
-        // deliveries the path made, so the controller does not count them.
         let mut skipped = 0u64;
         while self.base < cum {
             skipped += self.chunk_len(self.base);
@@ -255,15 +292,15 @@ impl<A: Copy> Outgoing<A> {
         }
         self.next_new = self.next_new.max(self.base);
         self.acked_bytes += skipped;
+        skipped
+    }
+
+    /// The bitmap: chunks after `cum` that are held too (those not sent yet are noted, so
+    /// that `pump` skips them).
+    fn take_selective(&mut self, cum: u32, sack: &[u8], newly: &mut Newly) {
         let first = u64::from(cum) + 1;
         for (i, &byte) in sack.iter().enumerate() {
-            if byte == 0 {
-                continue;
-            }
-            for bit in 0..8u64 {
-                if byte & (1 << bit) == 0 {
-                    continue;
-                }
+            for bit in (0..8u64).filter(|bit| byte & (1 << bit) != 0) {
                 let seq = first + (i as u64) * 8 + bit;
                 if seq >= u64::from(self.next_new) {
                     self.note_held_ahead(u32::try_from(seq).unwrap_or(u32::MAX));
@@ -282,60 +319,58 @@ impl<A: Copy> Outgoing<A> {
                 let copy = *slot;
                 self.unacked = self.unacked.saturating_sub(1);
                 self.acked_bytes += self.chunk_len(seq as u32);
-                note(&copy);
+                newly.note(&copy);
             }
         }
-        while self.slots.front().is_some_and(|s| s.acked) {
-            self.slots.pop_front();
-            self.base += 1;
+    }
+
+    /// An ack that acknowledged something new: RTT sample (Karn), the controller's delivery
+    /// sample, fast retransmit, progress.
+    fn learn_from_ack(
+        &mut self,
+        id: TransferId,
+        now: u64,
+        newly: &Newly,
+        delivered: u64,
+        cfg: &TransferConfig,
+        io: &mut Io<A>,
+    ) {
+        self.backoff = 0;
+        if newly.spurious {
+            io.stats.spurious += 1;
+            self.rtt.spurious();
         }
-        if max_order > 0 {
-            self.backoff = 0;
-            if spurious {
-                io.stats.spurious += 1;
-                self.rtt.spurious();
+        let mut rack_rtt = self.rtt.srtt as u64;
+        let sample = newly.newest_once.map(|(_, sent_at)| now.saturating_sub(sent_at));
+        if let Some(r) = sample {
+            rack_rtt = r;
+            self.rtt.sample(rack_rtt, cfg);
+        }
+        let inflight = self.inflight();
+        self.cc.on_ack(now, delivered, newly.sent_delivered, sample, inflight);
+        // Fast retransmit (RACK-like): a chunk sent before one that just got acked, still
+        // missing on DUP_THRESH such acks and overdue by more than the reordering window, is
+        // taken as lost.
+        let overdue = rack_rtt.saturating_add(self.rtt.reorder_window());
+        // Early retransmit (RFC 5827): with fewer chunks outstanding than the threshold (a
+        // window of a few large chunks), fewer acks must do.
+        let thresh = DUP_THRESH.min(u8::try_from(self.unacked).unwrap_or(u8::MAX).max(1));
+        for idx in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(idx) else {
+                break;
+            };
+            if slot.acked || slot.order >= newly.max_order {
+                continue;
             }
-            let mut rack_rtt = self.rtt.srtt as u64;
-            let sample = newest_once.map(|(_, sent_at)| now.saturating_sub(sent_at));
-            if let Some(r) = sample {
-                rack_rtt = r;
-                self.rtt.sample(rack_rtt, cfg);
+            slot.dup = slot.dup.saturating_add(1);
+            if slot.dup >= thresh && now >= slot.sent_at.saturating_add(overdue) {
+                io.stats.fast_retransmits += 1;
+                self.retransmit(idx, id, now, io);
             }
-            let inflight = self.inflight();
-            self.cc.on_ack(now, self.acked_bytes - acked_before - skipped, sent_delivered, sample, inflight);
-            // Fast retransmit (RACK-like): a chunk sent before one that just got acked, still
-            // missing on DUP_THRESH such acks and overdue by more than the reordering window,
-            // is taken as lost.
-            let overdue = rack_rtt.saturating_add(self.rtt.reorder_window());
-            // Early retransmit (RFC 5827): with fewer chunks outstanding than the threshold
-            // (a window of a few large chunks), fewer acks must do.
-            let thresh = DUP_THRESH.min(u8::try_from(self.unacked).unwrap_or(u8::MAX).max(1));
-            for idx in 0..self.slots.len() {
-                let Some(slot) = self.slots.get_mut(idx) else {
-                    break;
-                };
-                if slot.acked || slot.order >= max_order {
-                    continue;
-                }
-                slot.dup = slot.dup.saturating_add(1);
-                if slot.dup >= thresh && now >= slot.sent_at.saturating_add(overdue) {
-                    io.stats.fast_retransmits += 1;
-                    self.retransmit(idx, id, now, io);
-                }
-            }
-            let (done, total) = (self.acked_bytes, self.total_len());
-            let moved = Moved { id, peer: self.to, outgoing: true, done, total };
-            progress_event(io, cfg.progress_step, &mut self.next_progress, moved);
         }
-        if self.base >= self.total_chunks {
-            return true;
-        }
-        self.pump(id, now, cfg, io);
-        while self.slots.front().is_some_and(|s| s.acked) {
-            self.slots.pop_front();
-            self.base += 1;
-        }
-        self.base >= self.total_chunks
+        let (done, total) = (self.acked_bytes, self.total_len());
+        let moved = Moved { id, peer: self.to, outgoing: true, done, total };
+        progress_event(io, cfg.progress_step, &mut self.next_progress, moved);
     }
 
     /// Timers; returns false when the transfer must be abandoned.
