@@ -77,6 +77,27 @@ impl<A: Copy> Incoming<A> {
         self.ack_due = None;
     }
 
+    /// The first valid chunk: the reassembly buffer, a parked partial of the same bytes if
+    /// one is kept (true: resumed), else a fresh one.
+    fn start(&mut self, id: TransferId, shape: Shape, parked: &mut Parked, io: &mut Io<A>) -> Result<bool, InStep> {
+        let max = self.max_len as u64;
+        if shape.total_len > max {
+            return Err(InStep::Fail(CancelReason::TooLarge, format!("{} bytes > limit {max}", shape.total_len)));
+        }
+        if let Some(a) = parked.take(shape) {
+            // The same bytes broke off earlier: start from what is held.
+            let held = a.got_bytes;
+            io.events.push_back(TransferEvent::Resumed { id, peer: self.from, held, total: shape.total_len });
+            self.asm = Some(a);
+            return Ok(true);
+        }
+        let Some(a) = Assembly::empty(shape) else {
+            return Err(InStep::Fail(CancelReason::NoMemory, format!("cannot reserve {} bytes", shape.total_len)));
+        };
+        self.asm = Some(a);
+        Ok(false)
+    }
+
     pub(super) fn on_data(
         &mut self,
         now: u64,
@@ -90,25 +111,9 @@ impl<A: Copy> Incoming<A> {
         let shape = Shape::of(&d);
         let mut resumed = false;
         if self.asm.is_none() {
-            let max = self.max_len as u64;
-            if d.total_len > max {
-                return InStep::Fail(CancelReason::TooLarge, format!("{} bytes > limit {max}", d.total_len));
-            }
-            if let Some(a) = parked.take(shape) {
-                // The same bytes broke off earlier: start from what is held.
-                io.events.push_back(TransferEvent::Resumed {
-                    id,
-                    peer: self.from,
-                    held: a.got_bytes,
-                    total: shape.total_len,
-                });
-                self.asm = Some(a);
-                resumed = true;
-            } else {
-                let Some(a) = Assembly::empty(shape) else {
-                    return InStep::Fail(CancelReason::NoMemory, format!("cannot reserve {} bytes", d.total_len));
-                };
-                self.asm = Some(a);
+            match self.start(id, shape, parked, io) {
+                Ok(r) => resumed = r,
+                Err(fail) => return fail,
             }
         }
         let Some(asm) = self.asm.as_mut() else {
