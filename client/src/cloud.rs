@@ -422,6 +422,9 @@ impl Cloud {
         result
     }
 
+    // Long on purpose: one loop owns one call's state (the reply, the result, the upload, the
+    // timers) and reads as the call's story from the multicast to the result; the separate
+    // decisions are functions of their own (`on_ctl`, the requester, the transfers).
     fn run_call(&mut self, op: Op, payload: Option<&[u8]>, max_wait: Option<Duration>) -> Result<CallResult, String> {
         let started = Instant::now();
         let now = self.now();

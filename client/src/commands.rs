@@ -130,6 +130,7 @@ impl Session {
     }
 
     /// Runs one prompt line.
+    // Long on purpose: the table of prompt commands, one arm each.
     pub fn run(&mut self, line: &str) -> Outcome {
         self.remove_temp();
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -26,6 +26,7 @@ fn fail(msg: &str) -> ! {
     std::process::exit(EXIT_USAGE)
 }
 
+// Long on purpose: the start-up sequence (arguments, config, sign-in, the prompt loop) in order.
 fn main() {
     let args = match Args::parse(std::env::args().skip(1), OPTS) {
         Ok(a) => a,

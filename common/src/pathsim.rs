@@ -90,6 +90,7 @@ impl Link {
 }
 
 /// Runs flows of `(start_ms, bytes)` over `spec` with `cfg` until all finish or `limit_ms`.
+// Long on purpose: the simulation's one event loop (sender, queue, link, receiver) in order.
 pub fn run(spec: &PathSpec, cfg: &TransferConfig, flows: &[(u64, usize)], limit_ms: u64) -> Vec<FlowResult> {
     let mut rng = Rng::new(spec.seed);
     let mut fl: Vec<Flow> = flows

@@ -160,6 +160,7 @@ impl Peers {
     }
 }
 
+// Long on purpose: one receive thread's loop: read, authenticate, sort, hand over.
 fn spawn_receiver(
     name: String,
     who: String,
@@ -282,6 +283,7 @@ fn spawn_operator(server: Arc<Server>, who: String, down_ms: u64) -> std::io::Re
 }
 
 /// Runs a server until Ctrl-C.
+// Long on purpose: the server's start-up sequence (sockets, store, node, threads) in order.
 pub fn run(opts: Options) -> Result<(), String> {
     let who = format!("server {}", opts.id);
     let log = |line: &str| common::log::log(&who, line);

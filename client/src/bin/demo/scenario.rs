@@ -493,6 +493,7 @@ impl Demo {
         Err(format!("expected: a log line {what:?} … pushing the full directory\n      seen:     none"))
     }
 
+    // Long on purpose: one narrated demo step, told in order.
     fn least_loaded(&mut self) -> Result<(), String> {
         self.title(
             "the election moves to the least-loaded server",
