@@ -10,9 +10,9 @@
 //!    server in the ranking claims; if the holder fails (999, silent, restarted), the next live
 //!    server claims in a higher round;
 //! 2. a server votes (a granted `Promise`, "ClaimAck" on the wire) for the first claimer of a
-//!    round and for any higher round; a claimer gives its own vote to a lower-id claimer of the same round. A vote
-//!    carries the voter's accepted proposal, if any, else the voter's directory record of the
-//!    request's user, so the executor never acts on a stale replica. A claim needs votes from a
+//!    round and for any higher round; a claimer gives its own vote to a lower-id claimer of the
+//!    same round. A vote carries the voter's accepted proposal, if any, else the voter's
+//!    directory record of the request's user, so the executor never acts on a stale replica. A claim needs votes from a
 //!    majority of the servers that have not announced 999, its own included. Only its *first
 //!    responders* (the live servers after the claimer in id order, heard from lately, as many
 //!    as the majority needs) answer a first copy; the others vote silently and answer a
