@@ -13,7 +13,7 @@
 //! `RELAY_TRIES` tries from the server's client socket, `Relayed { delivered }` as the peer's
 //! `PeerAck` says; a crash loses the relays in progress). What is modelled here, following the
 //! code it stands for:
-//! - the disk: after every step a dirty node's directory (with its votes) is copied; a restarted
+//! - the disk: after every step a dirty node's directory and votes are copied; a restarted
 //!   node starts from that copy;
 //! - the sockets: a message that would not fit a datagram, or that the receiver's `decode`
 //!   would refuse (`validate`), is dropped and reported, as the runtime does;
@@ -62,6 +62,7 @@ use server::directory::Directory;
 use server::node::{Input, Node, NodeConfig, Output, Peer};
 use server::ops::MAX_TOMBSTONES;
 use server::services::{Datagram, Services};
+use server::store::Saved;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -101,7 +102,7 @@ fn node_of(addr: SocketAddr) -> u32 {
 
 struct Server {
     node: Option<Node>,
-    disk: Directory,
+    disk: Saved,
     services: Services,
     load_phase: u64,
 }
@@ -244,12 +245,9 @@ impl World {
         let mut servers = BTreeMap::new();
         for id in SERVERS {
             let rng = Rng::new(seed.wrapping_mul(31).wrapping_add(id as u64));
-            let node = Node::new(node_cfg(id), 0, Directory::default(), rng);
+            let node = Node::new(node_cfg(id), 0, Saved::default(), rng);
             let load_phase = net.rng().below(LOAD_INTERVAL);
-            servers.insert(
-                id,
-                Server { node: Some(node), disk: Directory::default(), services: services(id), load_phase },
-            );
+            servers.insert(id, Server { node: Some(node), disk: Saved::default(), services: services(id), load_phase });
         }
         let mut rng = Rng::new(seed ^ 0x5ea1_5ea1);
         let alice = Alice {
@@ -343,7 +341,7 @@ impl World {
         };
         // The shell saves before it sends what the step produced.
         if node.take_dirty() {
-            let copy = node.directory().clone();
+            let copy = node.saved();
             if let Some(s) = self.servers.get_mut(&id) {
                 s.disk = copy;
             }
@@ -965,8 +963,8 @@ impl World {
             if !pending.is_empty() {
                 return Err(format!("server {id} still buffers {pending:x?} for bob"));
             }
-            if srv.disk != *dir {
-                return Err(format!("server {id} saved a directory other than the one it holds"));
+            if srv.disk != node.saved() {
+                return Err(format!("server {id} saved a directory or votes other than those it holds"));
             }
             match first {
                 None => first = Some((*id, dir)),

@@ -1,64 +1,21 @@
-//! The directory of service: users, addresses, online state and shared image ids — and, kept in
-//! the same snapshot because it is what a server saves to disk, the server's own per-request
-//! Paxos votes.
+//! The directory of service: users, addresses, online state and shared image ids, replicated
+//! on every server (this server's own Paxos votes are apart, in `votes.rs`).
 //!
 //! Each user is one last-writer-wins record versioned by (Lamport counter, server id), so
 //! replicas that apply the same records in any order, any number of times, end up equal.
-//!
-//! The votes are not replicated: they are what this server promised and accepted for each
-//! request it still tracks (see `node/`). They live here so that a server restarted from its
-//! saved directory neither votes twice in a round nor forgets a reply it accepted; the shell
-//! saves the snapshot before sending anything a step produced. Equality and the digest cover
-//! the users only: two replicas are equal when they hold the same records.
+//! Equality and the digest cover the records only: two replicas are equal when they hold the
+//! same records.
 
 use common::config::ServerId;
-use common::protocol::{InboxEntry, Reply, RequestId, UserInfo, UserRecord, Version};
+use common::protocol::{InboxEntry, UserInfo, UserRecord, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A request's outcome as proposed in one round: the reply and the records it writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    /// The round it was proposed (and accepted) in.
-    pub round: u32,
-    /// The answer for the client; `reply.server` is the server that executed the request.
-    pub reply: Reply,
-    /// The directory records it writes, applied once the request is decided.
-    pub records: Vec<UserRecord>,
-}
-
-/// One server's durable Paxos state for one request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Vote {
-    /// Highest round this server voted in (for itself or another claimer); 0 for none.
-    pub round: u32,
-    /// The claimer it voted for in that round.
-    pub holder: ServerId,
-    /// The last proposal it accepted.
-    pub accepted: Option<Proposal>,
-    /// True once it knows a majority accepted `accepted`: the request is decided.
-    pub decided: bool,
-}
-
-impl Vote {
-    /// True if there is nothing to remember.
-    pub fn is_empty(&self) -> bool {
-        self.round == 0 && self.accepted.is_none()
-    }
-}
-
-/// The replicated directory (and this server's votes).
+/// The replicated directory.
 #[derive(Debug, Clone, Default, Eq, Serialize, Deserialize)]
 pub struct Directory {
     users: BTreeMap<String, UserRecord>,
     clock: u64,
-    /// Saved apart, as an append-only log (see `store.rs`): rewriting them all on every vote
-    /// made each request cost a rewrite of a growing file.
-    #[serde(skip)]
-    votes: BTreeMap<RequestId, Vote>,
-    /// Vote changes not yet saved (`None`: the vote was dropped).
-    #[serde(skip)]
-    journal: Vec<(RequestId, Option<Vote>)>,
     /// True when a user record changed since the last save.
     #[serde(skip)]
     users_changed: bool,
@@ -147,58 +104,15 @@ impl Directory {
         self.users.values().filter(|r| r.online).map(UserInfo::from)
     }
 
-    /// This server's vote for `rid`.
-    pub fn vote(&self, rid: &RequestId) -> Option<&Vote> {
-        self.votes.get(rid)
-    }
-
-    /// How many votes are kept.
-    pub fn vote_count(&self) -> usize {
-        self.votes.len()
-    }
-
-    /// Every saved vote.
-    pub fn votes(&self) -> impl Iterator<Item = (&RequestId, &Vote)> {
-        self.votes.iter()
-    }
-
-    /// Saves the vote for `rid` (an empty vote removes it); returns true if anything changed.
-    pub fn set_vote(&mut self, rid: RequestId, vote: &Vote) -> bool {
-        if vote.is_empty() {
-            if self.votes.remove(&rid).is_none() {
-                return false;
-            }
-            self.journal.push((rid, None));
-            return true;
-        }
-        if self.votes.get(&rid) == Some(vote) {
-            return false;
-        }
-        self.votes.insert(rid, vote.clone());
-        self.journal.push((rid, Some(vote.clone())));
-        true
-    }
-
-    /// Vote changes since the last call, to append to the vote log.
-    pub fn take_journal(&mut self) -> Vec<(RequestId, Option<Vote>)> {
-        std::mem::take(&mut self.journal)
-    }
-
     /// True once if a user record changed since the last call (the snapshot must be rewritten).
     pub fn take_users_changed(&mut self) -> bool {
         std::mem::take(&mut self.users_changed)
     }
 
-    /// Restores saved votes at start (and moves the clock past every version they hold).
-    pub fn restore_votes(&mut self, votes: impl IntoIterator<Item = (RequestId, Vote)>) {
-        for (rid, vote) in votes {
-            if let Some(p) = &vote.accepted {
-                for r in &p.records {
-                    self.clock = self.clock.max(r.version.counter);
-                }
-            }
-            self.votes.insert(rid, vote);
-        }
+    /// Moves the clock past `counter` (a version this server's votes hold), so versions stay
+    /// unique after a restart.
+    pub fn advance_clock(&mut self, counter: u64) {
+        self.clock = self.clock.max(counter);
     }
 
     /// A hash of every (name, version): equal digests mean equal directories.
@@ -258,32 +172,6 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(x.digest(), y.digest());
         assert!(!x.get("a").unwrap().online, "(2,3) beats (2,2)");
-    }
-
-    #[test]
-    fn votes_are_journaled_not_snapshotted_nor_compared() {
-        let rid = RequestId { client: 9, seq: 3 };
-        let reply = Reply { rid, server: 2, result: Err("x".into()) };
-        let vote = Vote {
-            round: 2,
-            holder: 3,
-            accepted: Some(Proposal { round: 1, reply, records: vec![rec("a", 7, 2, true)] }),
-            decided: false,
-        };
-        let mut d = Directory::default();
-        assert!(d.set_vote(rid, &vote));
-        assert!(!d.set_vote(rid, &vote), "unchanged");
-        assert_eq!(d.take_journal(), vec![(rid, Some(vote.clone()))]);
-        assert!(d.take_journal().is_empty());
-        let json = serde_json::to_vec(&d).unwrap();
-        let mut back: Directory = serde_json::from_slice(&json).unwrap();
-        assert_eq!(back.vote(&rid), None, "votes are not in the snapshot");
-        back.restore_votes([(rid, vote.clone())]);
-        assert_eq!(back.vote(&rid), Some(&vote));
-        assert_eq!(back.next_version(1).counter, 8, "the clock moves past versions the votes hold");
-        assert_eq!(back, Directory::default(), "replicas compare by records only");
-        assert!(d.set_vote(rid, &Vote::default()) && d.vote(&rid).is_none(), "an empty vote is removed");
-        assert_eq!(d.take_journal(), vec![(rid, None)]);
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod services;
 pub mod stash;
 pub mod store;
+pub mod votes;

@@ -299,7 +299,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let peer_ids = Peers::new(&opts.cfg, opts.id);
 
     let mut store = Store::open(&opts.data_dir, opts.id)?;
-    let (dir, warning) = store.load();
+    let (saved, warning) = store.load();
     if let Some(w) = warning {
         log(&w);
     }
@@ -314,7 +314,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         "listening for clients on {}, servers on {}; {} users in the directory; policy {:?}",
         bound(me.client_addr, client_bind),
         bound(me.peer_addr, peer_bind),
-        dir.len(),
+        saved.directory.len(),
         opts.policy
     ));
     let key = crate::keys::cluster_key(&opts.cfg)?;
@@ -322,7 +322,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let mut node_cfg = NodeConfig::from_cluster(&opts.cfg, opts.id, opts.policy, opts.simulate_failures);
     let start = Instant::now();
     node_cfg.wall_base = auth::wall_ms();
-    let node = Node::new(node_cfg, 0, dir, Rng::from_entropy());
+    let node = Node::new(node_cfg, 0, saved, Rng::from_entropy());
 
     let err = |e: std::io::Error| e.to_string();
     let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
@@ -522,7 +522,8 @@ impl Shell {
     fn apply(&self, core: &mut Core, now: u64, outs: Vec<Output>) {
         // Persist first: nothing that depends on a change leaves before the change is on disk.
         if core.node.take_dirty() {
-            if let Err(e) = core.store.save(core.node.directory_mut()) {
+            let (dir, votes) = core.node.durable_mut();
+            if let Err(e) = core.store.save(dir, votes) {
                 self.log(&format!("cannot save the directory: {e}"));
             }
         }

@@ -4,12 +4,22 @@
 //! per change, replayed at start (a torn last line from a crash is skipped) and compacted by
 //! atomic replace when it grows. The shell saves before it sends anything a step produced.
 
-use crate::directory::{Directory, Vote};
+use crate::directory::Directory;
+use crate::votes::{Vote, VoteLog};
 use common::crypto::{self, Key};
 use common::protocol::RequestId;
 use std::fs;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+
+/// What a server keeps on disk: the directory and its votes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// The replicated directory (`directory.json`).
+    pub directory: Directory,
+    /// This server's votes (`votes.log`).
+    pub votes: VoteLog,
+}
 
 /// Lines the vote log may hold beyond the live votes before it is compacted.
 pub const COMPACT_SLACK: usize = 20_000;
@@ -58,11 +68,11 @@ impl Store {
     /// Loads the saved directory. A missing file is an empty directory; an unreadable or
     /// corrupt one is moved aside (`.corrupt`) with a message, and the server starts empty and
     /// is refilled by the others' full push.
-    pub fn load(&mut self) -> (Directory, Option<String>) {
-        let (mut d, mut warning) = self.load_users();
+    pub fn load(&mut self) -> (Saved, Option<String>) {
+        let (directory, mut warning) = self.load_users();
         let (votes, lines, skipped) = self.read_votes();
         self.log_lines = lines;
-        d.restore_votes(votes);
+        let votes = VoteLog::restored(votes);
         if skipped > 0 {
             let note = format!("skipped {skipped} unreadable line(s) of {}", self.log_path().display());
             warning = Some(match warning {
@@ -70,7 +80,7 @@ impl Store {
                 None => note,
             });
         }
-        (d, warning)
+        (Saved { directory, votes }, warning)
     }
 
     fn load_users(&self) -> (Directory, Option<String>) {
@@ -124,16 +134,16 @@ impl Store {
     }
 
     /// Saves what changed: the users snapshot if a record changed, the vote changes appended.
-    pub fn save(&mut self, d: &mut Directory) -> Result<(), String> {
+    pub fn save(&mut self, d: &mut Directory, votes: &mut VoteLog) -> Result<(), String> {
         if d.take_users_changed() {
             self.save_users(d)?;
         }
-        let journal = d.take_journal();
+        let journal = votes.take_journal();
         if journal.is_empty() {
             return Ok(());
         }
-        if self.log_lines > COMPACT_SLACK + 4 * d.vote_count() {
-            return self.compact(d);
+        if self.log_lines > COMPACT_SLACK + 4 * votes.len() {
+            return self.compact(votes);
         }
         let mut buf = Vec::new();
         for (rid, vote) in journal {
@@ -156,10 +166,10 @@ impl Store {
     }
 
     /// Rewrites the vote log with only the live votes.
-    fn compact(&mut self, d: &Directory) -> Result<(), String> {
+    fn compact(&mut self, votes: &VoteLog) -> Result<(), String> {
         let mut buf = Vec::new();
         let mut n = 0;
-        for (rid, vote) in d.votes() {
+        for (rid, vote) in votes.iter() {
             serde_json::to_writer(&mut buf, &LogLine { rid: *rid, vote: Some(vote.clone()) })
                 .map_err(|e| e.to_string())?;
             buf.push(b'\n');
@@ -242,14 +252,14 @@ mod tests {
     fn save_then_load_round_trips_and_corrupt_files_are_moved_aside() {
         let root = tempdir("rt");
         let mut s = Store::open(&root, 1).unwrap();
-        assert_eq!(s.load().0, Directory::default());
+        assert_eq!(s.load().0, Saved::default());
         let mut d = Directory::default();
         d.next_version(1);
-        s.save(&mut d).unwrap();
-        assert_eq!(s.load().0, d);
+        s.save(&mut d, &mut VoteLog::default()).unwrap();
+        assert_eq!(s.load().0.directory, d);
         fs::write(s.path(), b"{not json").unwrap();
         let (loaded, msg) = s.load();
-        assert_eq!(loaded, Directory::default());
+        assert_eq!(loaded.directory, Directory::default());
         assert!(msg.unwrap().contains("unreadable"));
         assert!(s.path().with_extension("json.corrupt").exists());
         let _ = fs::remove_dir_all(root);
@@ -260,30 +270,31 @@ mod tests {
         let root = tempdir("votes");
         let mut s = Store::open(&root, 2).unwrap();
         let mut d = Directory::default();
+        let mut v = VoteLog::default();
         let vote = |round| Vote { round, holder: 1, accepted: None, decided: false };
         for seq in 0..50u64 {
-            d.set_vote(RequestId { client: 1, seq }, &vote(1));
+            v.set(RequestId { client: 1, seq }, &vote(1));
         }
-        d.set_vote(RequestId { client: 1, seq: 0 }, &vote(5));
-        d.set_vote(RequestId { client: 1, seq: 1 }, &Vote::default());
-        s.save(&mut d).unwrap();
+        v.set(RequestId { client: 1, seq: 0 }, &vote(5));
+        v.set(RequestId { client: 1, seq: 1 }, &Vote::default());
+        s.save(&mut d, &mut v).unwrap();
         let mut f = fs::OpenOptions::new().append(true).open(s.log_path()).unwrap();
         f.write_all(b"{\"rid\":{\"client\":1,\"se").unwrap(); // a crash mid-append
         drop(f);
         let mut s2 = Store::open(&root, 2).unwrap();
         let (loaded, warning) = s2.load();
         assert!(warning.unwrap().contains("skipped 1"));
-        assert_eq!(loaded.votes().count(), 49);
-        assert_eq!(loaded.vote(&RequestId { client: 1, seq: 0 }), Some(&vote(5)));
-        assert_eq!(loaded.vote(&RequestId { client: 1, seq: 1 }), None);
-        let mut d = loaded;
-        s2.compact(&d).unwrap();
+        assert_eq!(loaded.votes.len(), 49);
+        assert_eq!(loaded.votes.get(&RequestId { client: 1, seq: 0 }), Some(&vote(5)));
+        assert_eq!(loaded.votes.get(&RequestId { client: 1, seq: 1 }), None);
+        let mut v = loaded.votes;
+        s2.compact(&v).unwrap();
         let (again, warning) = Store::open(&root, 2).unwrap().load();
         assert!(warning.is_none());
-        assert_eq!(again.votes().count(), 49);
-        d.set_vote(RequestId { client: 2, seq: 0 }, &vote(1));
-        s2.save(&mut d).unwrap();
-        assert_eq!(Store::open(&root, 2).unwrap().load().0.votes().count(), 50, "appends after compaction");
+        assert_eq!(again.votes.len(), 49);
+        v.set(RequestId { client: 2, seq: 0 }, &vote(1));
+        s2.save(&mut d, &mut v).unwrap();
+        assert_eq!(Store::open(&root, 2).unwrap().load().0.votes.len(), 50, "appends after compaction");
         let _ = fs::remove_dir_all(root);
     }
 }

@@ -19,8 +19,8 @@
 use common::config::ServerId;
 use common::protocol::{Msg, Op, RequestId, DECIDED};
 use common::rng::Rng;
-use server::directory::Directory;
 use server::node::{Input, Node, NodeConfig, Output, Peer};
+use server::store::Saved;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -115,7 +115,7 @@ impl World {
     fn new(ids: &[ServerId]) -> World {
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            nodes.insert(id, Node::new(NodeConfig::simulated(id, ids), 0, Directory::default(), Rng::new(id as u64)));
+            nodes.insert(id, Node::new(NodeConfig::simulated(id, ids), 0, Saved::default(), Rng::new(id as u64)));
         }
         let mut w = World { nodes, queue: VecDeque::new(), now: 1, timed: false };
         // Every server announces its load once: then each has heard the others and is ready.

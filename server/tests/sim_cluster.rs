@@ -15,6 +15,7 @@ use common::rng::Rng;
 use common::simnet::{Faults, SimNet};
 use server::directory::Directory;
 use server::node::{Input, Node, NodeConfig, Output, Peer};
+use server::store::Saved;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -49,7 +50,7 @@ struct World {
     now: u64,
     net: SimNet<Msg>,
     nodes: BTreeMap<ServerId, Option<Node>>,
-    disks: BTreeMap<ServerId, Directory>,
+    disks: BTreeMap<ServerId, Saved>,
     load_phase: BTreeMap<ServerId, u64>,
     clients: Vec<SimClient>,
     executions: BTreeMap<RequestId, u32>,
@@ -72,7 +73,7 @@ impl World {
         let mut load_phase = BTreeMap::new();
         for id in SERVERS {
             let rng = Rng::new(seed.wrapping_mul(31).wrapping_add(id as u64));
-            nodes.insert(id, Some(Node::new(node_cfg(id), 0, Directory::default(), rng)));
+            nodes.insert(id, Some(Node::new(node_cfg(id), 0, Saved::default(), rng)));
             load_phase.insert(id, net.rng().below(LOAD_INTERVAL));
         }
         let scripts: [&[&'static str]; 3] = [
@@ -137,7 +138,7 @@ impl World {
         }
         if let Some(Some(node)) = self.nodes.get_mut(&from) {
             if node.take_dirty() {
-                self.disks.insert(from, node.directory().clone());
+                self.disks.insert(from, node.saved());
             }
         }
     }

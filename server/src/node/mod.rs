@@ -56,11 +56,13 @@ mod paxos;
 mod status;
 mod table;
 
-use crate::directory::{Directory, Proposal, Vote};
+use crate::directory::Directory;
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
 use crate::failure::{FailureConfig, FailureSim, SimAction};
 use crate::keys::Mismatches;
 use crate::ops;
+use crate::store::Saved;
+use crate::votes::{Proposal, Vote, VoteLog};
 use common::config::{ClusterConfig, ServerId};
 use common::crypto::{Key, KeyGen, Purpose};
 use common::protocol::{
@@ -340,6 +342,8 @@ pub struct Node {
     cfg: NodeConfig,
     table: LoadTable,
     dir: Directory,
+    /// This server's votes, mirrored from the request table (`save_vote`) for the store.
+    votes: VoteLog,
     /// Boxed: the map's table stays small as it grows (an entry is several hundred bytes).
     requests: HashMap<RequestId, Box<Entry>>,
     active: BTreeSet<RequestId>,
@@ -376,9 +380,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node starting at `now` with the directory it loaded from disk (and the votes saved in
-    /// it, which it keeps honouring).
-    pub fn new(cfg: NodeConfig, now: u64, dir: Directory, rng: Rng) -> Self {
+    /// A node starting at `now` with what it loaded from disk: the directory, and the votes,
+    /// which it keeps honouring.
+    pub fn new(cfg: NodeConfig, now: u64, saved: Saved, rng: Rng) -> Self {
+        let Saved { directory: mut dir, votes } = saved;
+        dir.advance_clock(votes.max_counter());
         let mut rng = rng;
         let epoch = rng.next_u64() | 1;
         let keys = match cfg.key_seed {
@@ -391,6 +397,7 @@ impl Node {
             cfg,
             table,
             dir,
+            votes,
             requests: HashMap::new(),
             active: BTreeSet::new(),
             finished: VecDeque::new(),
@@ -424,7 +431,7 @@ impl Node {
     /// Rebuilds the request table from the saved votes: decided requests keep their reply, the
     /// others their promise and accepted proposal (they wait for a client retry or a claim).
     fn restore_votes(&mut self, now: u64) {
-        let saved: Vec<(RequestId, Vote)> = self.dir.votes().map(|(rid, v)| (*rid, v.clone())).collect();
+        let saved: Vec<(RequestId, Vote)> = self.votes.iter().map(|(rid, v)| (*rid, v.clone())).collect();
         for (rid, vote) in saved {
             let mut e = Entry::new(None, None, now, vec![]);
             e.max_round = vote.round.max(vote.accepted.as_ref().map_or(0, |p| p.round));
@@ -447,14 +454,24 @@ impl Node {
         self.cfg.id
     }
 
-    /// The directory (to persist or inspect), with this server's votes.
+    /// The directory (to inspect).
     pub fn directory(&self) -> &Directory {
         &self.dir
     }
 
-    /// The directory, for the store to take what changed since the last save.
-    pub fn directory_mut(&mut self) -> &mut Directory {
-        &mut self.dir
+    /// This server's votes (to inspect).
+    pub fn votes(&self) -> &VoteLog {
+        &self.votes
+    }
+
+    /// A copy of what the store keeps (the simulations' disk).
+    pub fn saved(&self) -> Saved {
+        Saved { directory: self.dir.clone(), votes: self.votes.clone() }
+    }
+
+    /// The directory and the votes, for the store to take what changed since the last save.
+    pub fn durable_mut(&mut self) -> (&mut Directory, &mut VoteLog) {
+        (&mut self.dir, &mut self.votes)
     }
 
     /// True once since the last call if the directory or the votes changed and must be saved.

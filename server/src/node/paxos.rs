@@ -79,11 +79,11 @@ impl Node {
         self.save_vote(rid);
     }
 
-    /// Mirrors an entry's vote into the directory, to be saved before anything is sent.
+    /// Mirrors an entry's vote into the vote log, to be saved before anything is sent.
     pub(super) fn save_vote(&mut self, rid: RequestId) {
         let changed = match self.requests.get(&rid) {
-            Some(e) => self.dir.set_vote(rid, &e.vote),
-            None => self.dir.set_vote(rid, &Vote::default()),
+            Some(e) => self.votes.set(rid, &e.vote),
+            None => self.votes.set(rid, &Vote::default()),
         };
         if changed {
             self.dirty = true;

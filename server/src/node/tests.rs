@@ -23,7 +23,7 @@ fn register() -> Op {
 
 /// A node that has heard both others announce load 0 (so it is ready and ranks first).
 fn node(id: ServerId) -> Node {
-    let mut n = Node::new(cfg(id), 0, Directory::default(), Rng::new(id as u64));
+    let mut n = Node::new(cfg(id), 0, Saved::default(), Rng::new(id as u64));
     for s in [1, 2, 3].into_iter().filter(|&s| s != id) {
         let load = Msg::Load { from: s, load: 0, work: 0, digest: 0, epoch: 10 + s as u64, token: false, ready: true };
         n.step(1, Input::Message { from: Peer::Server(s), msg: load });
@@ -97,7 +97,7 @@ fn forged_and_stale_requests_are_answered_with_an_error_and_never_executed() {
 
 /// The same server restarted from what it saved.
 fn restart(n: &Node, now: u64) -> Node {
-    Node::new(cfg(n.id()), now, n.directory().clone(), Rng::new(99))
+    Node::new(cfg(n.id()), now, n.saved(), Rng::new(99))
 }
 
 fn from(n: &mut Node, now: u64, s: ServerId, msg: Msg) -> Vec<Msg> {
