@@ -7,7 +7,7 @@ mod support;
 use client::launch::sibling_binary;
 use std::process::Command;
 use std::time::Duration;
-use support::{cluster, ensure_built, ClientProc};
+use support::{cluster, ensure_built, status_once, ClientProc};
 
 #[test]
 fn help_lists_defaults_and_unknown_options_exit_2() {
@@ -30,26 +30,11 @@ fn status_table_shows_servers_up_down_and_online_users() {
     let mut c = cluster("status", 3);
     let mut alice = ClientProc::start(&c, "alice");
     assert!(alice.result(Duration::from_secs(20)).unwrap_or_default().starts_with("ok: signed in"));
-    let status = || {
-        let out = Command::new(sibling_binary("status").expect("status"))
-            .arg("--once")
-            .arg("--config")
-            .arg(&c.config_path)
-            .output()
-            .expect("status runs");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let table = status();
+    let table = status_once(&c.config_path);
     assert!(table.contains("3 of 3 servers up; online: alice"), "{table}");
     assert_eq!(table.matches("<- wins it").count(), 1, "{table}");
     c.kill(2);
-    let out = Command::new(sibling_binary("status").expect("status"))
-        .args(["--once", "--config"])
-        .arg(&c.config_path)
-        .output()
-        .expect("status runs");
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = status_once(&c.config_path);
     assert!(table.lines().any(|l| l.starts_with("2 ") && l.contains("DOWN")), "{table}");
     assert!(table.contains("2 of 3 servers up; online: alice"), "{table}");
     alice.finish();

@@ -14,7 +14,7 @@ use common::config::{ClusterConfig, KeyHex};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{ensure_built, test_dir, ClientProc};
+use support::{ensure_built, status_once, test_dir, ClientProc};
 
 /// Polls `f` every 100 ms until it is true or `timeout` passes; whether it became true.
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -79,12 +79,7 @@ fn a_server_with_another_key_is_reported_in_the_logs_and_in_status() {
     assert!(ok, "status does not report the mismatch: {last:?}");
 
     // The operator's table says it too.
-    let out = Command::new(sibling_binary("status").expect("status"))
-        .args(["--once", "--config"])
-        .arg(&c.config_path)
-        .output()
-        .expect("status runs");
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = status_once(&c.config_path);
     assert!(
         table.contains(&format!("server 1: frames from {} carry a bad tag: a different cluster key", addr(3))),
         "{table}"

@@ -147,18 +147,15 @@ mod tests {
         }
     }
 
+    /// A cluster of `n` servers on loopback.
+    fn cluster(n: u32) -> ClusterConfig {
+        let addr = |port: u32| format!("127.0.0.1:{port}").parse().unwrap();
+        ClusterConfig::with_servers((1..=n).map(|i| ServerEntry::new(i, addr(1000 + i), addr(2000 + i))).collect())
+    }
+
     #[test]
     fn a_silent_server_is_down_and_the_majority_names_the_winner() {
-        let servers = (1..=3)
-            .map(|i| {
-                ServerEntry::new(
-                    i,
-                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                    format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
-                )
-            })
-            .collect();
-        let cfg = ClusterConfig::with_servers(servers);
+        let cfg = cluster(3);
         let answers: HashMap<_, _> = [(1, status(1, 20, 2)), (2, status(2, 3, 2))].into_iter().collect();
         let rows = rows(&cfg, &answers);
         assert!(rows[0].up && rows[1].up && !rows[2].up);
@@ -171,16 +168,7 @@ mod tests {
 
     #[test]
     fn a_key_mismatch_is_shown_under_the_table() {
-        let servers = (1..=2)
-            .map(|i| {
-                ServerEntry::new(
-                    i,
-                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                    format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
-                )
-            })
-            .collect();
-        let cfg = ClusterConfig::with_servers(servers);
+        let cfg = cluster(2);
         let mut two = status(2, 3, 2);
         two.key_mismatch = vec!["10.0.0.13:7203".into()];
         let answers: HashMap<_, _> = [(1, status(1, 20, 2)), (2, two)].into_iter().collect();

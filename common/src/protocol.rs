@@ -187,6 +187,24 @@ pub enum Op {
     ShareKey { owner: String, auth: Auth, viewer: String, image_id: String },
 }
 
+/// The `auth` field of the operations that act for a user (by reference or mutable reference,
+/// as `$op` is).
+macro_rules! auth_of {
+    ($op:expr) => {
+        match $op {
+            Op::SignIn { auth, .. }
+            | Op::SignOut { auth, .. }
+            | Op::SetImages { auth, .. }
+            | Op::Encrypt { auth, .. }
+            | Op::Relay { auth, .. }
+            | Op::Buffer { auth, .. }
+            | Op::InboxAck { auth, .. }
+            | Op::ShareKey { auth, .. } => Some(auth),
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+        }
+    };
+}
+
 impl Op {
     /// Short name for logs and statistics.
     pub fn kind(&self) -> &'static str {
@@ -222,32 +240,12 @@ impl Op {
 
     /// The operation's authentication, if it acts for a user.
     pub fn auth(&self) -> Option<&Auth> {
-        match self {
-            Op::SignIn { auth, .. }
-            | Op::SignOut { auth, .. }
-            | Op::SetImages { auth, .. }
-            | Op::Encrypt { auth, .. }
-            | Op::Relay { auth, .. }
-            | Op::Buffer { auth, .. }
-            | Op::InboxAck { auth, .. }
-            | Op::ShareKey { auth, .. } => Some(auth),
-            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
-        }
+        auth_of!(self)
     }
 
     /// The operation's authentication, to sign it.
     pub fn auth_mut(&mut self) -> Option<&mut Auth> {
-        match self {
-            Op::SignIn { auth, .. }
-            | Op::SignOut { auth, .. }
-            | Op::SetImages { auth, .. }
-            | Op::Encrypt { auth, .. }
-            | Op::Relay { auth, .. }
-            | Op::Buffer { auth, .. }
-            | Op::InboxAck { auth, .. }
-            | Op::ShareKey { auth, .. } => Some(auth),
-            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
-        }
+        auth_of!(self)
     }
 
     /// The user whose record the operation writes, or else the user it acts for (a vote

@@ -112,23 +112,16 @@ impl VoteLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::protocol::Version;
 
     #[test]
     fn votes_are_journaled_and_an_empty_one_is_removed() {
         let rid = RequestId { client: 9, seq: 3 };
         let reply = Reply { rid, server: 2, result: Err("x".into()) };
-        let rec = UserRecord {
-            name: "a".into(),
-            user_id: 1,
-            secret: String::new(),
-            addr: None,
-            online: true,
-            images: vec![],
-            version: Version { counter: 7, server: 2 },
-            created_by: RequestId { client: 1, seq: 1 },
-            inbox: vec![],
-        };
+        let rec: UserRecord = serde_json::from_str(
+            r#"{"name":"a","user_id":1,"secret":"","addr":null,"online":true,"images":[],
+                "version":{"counter":7,"server":2},"created_by":{"client":1,"seq":1},"inbox":[]}"#,
+        )
+        .expect("a record");
         let vote = Vote {
             round: 2,
             holder: 3,

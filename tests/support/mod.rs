@@ -15,6 +15,17 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The `status --once` table for the cluster of `config` (the binary must succeed).
+pub fn status_once(config: &std::path::Path) -> String {
+    let out = Command::new(sibling_binary("status").expect("status"))
+        .args(["--once", "--config"])
+        .arg(config)
+        .output()
+        .expect("status runs");
+    assert!(out.status.success(), "status --once failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Builds the server, client and bench binaries once per test process, in this profile.
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();

@@ -698,10 +698,7 @@ impl Node {
             Msg::Prepare { rid, by, round, op, reply_to, first } => {
                 self.on_prepare(now, rid, Claimer { by, round, first }, op, reply_to)
             }
-            Msg::Promise { rid, from, granted, holder, round, firm, reply, record } => {
-                let ack = PromiseReply { from, granted, holder, round, firm, reply, record };
-                self.on_promise(now, rid, ack)
-            }
+            promise @ Msg::Promise { .. } => self.on_promise(now, promise),
             Msg::Accept { rid, by, round, reply, records } => {
                 let unhurried = round == DECIDED && records.is_empty();
                 let ack = self.on_accept(now, rid, by, round, reply, records);
@@ -724,17 +721,6 @@ impl Node {
             other => self.log(format!("dropped {} from server {s}: not a server message", other.kind())),
         }
     }
-}
-
-/// A `Promise`'s fields.
-struct PromiseReply {
-    from: ServerId,
-    granted: bool,
-    holder: Option<ServerId>,
-    round: u32,
-    firm: bool,
-    reply: Option<Reply>,
-    record: Option<UserRecord>,
 }
 
 /// An `Accepted`'s fields: whether `from` accepted the proposal of `round` (or, refusing, the

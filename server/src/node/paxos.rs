@@ -262,67 +262,68 @@ impl Node {
         ids
     }
 
-    pub(super) fn on_promise(&mut self, now: u64, rid: RequestId, ack: PromiseReply) {
+    pub(super) fn on_promise(&mut self, now: u64, msg: Msg) {
+        let Msg::Promise { rid, from, granted, holder, round: their_round, firm, reply, record } = msg else { return };
         let me = self.cfg.id;
         let quorum = self.table.quorum();
-        if !ack.granted {
-            if let Some(reply) = ack.reply {
+        if !granted {
+            if let Some(reply) = reply {
                 // The voter knows the decision: adopt it, whatever we are doing.
-                if let Some(record) = ack.record {
+                if let Some(record) = record {
                     self.apply_record(record);
                 }
-                self.adopt(now, rid, reply, ack.from);
+                self.adopt(now, rid, reply, from);
                 return;
             }
         }
         let Some(e) = self.requests.get_mut(&rid) else { return };
-        if !ack.granted && ack.round < DECIDED {
-            e.max_round = e.max_round.max(ack.round);
+        if !granted && their_round < DECIDED {
+            e.max_round = e.max_round.max(their_round);
         }
         let State::Claiming { round, votes, answered, best, first, .. } = &mut e.state else { return };
         let (round, first) = (*round, *first);
-        answered.insert(ack.from);
-        if ack.granted {
-            if ack.round != round {
+        answered.insert(from);
+        if granted {
+            if their_round != round {
                 return; // a vote for an earlier round of ours
             }
-            match ack.reply {
+            match reply {
                 Some(reply) => {
                     // The voter accepted this proposal (in round `holder`): a candidate we must
                     // propose if it is the highest-round one among our votes.
-                    let accepted_in = ack.holder.unwrap_or(0);
+                    let accepted_in = holder.unwrap_or(0);
                     if best.as_ref().is_none_or(|b| b.round < accepted_in) {
-                        *best = Some(Proposal { round: accepted_in, reply, records: ack.record.into_iter().collect() });
+                        *best = Some(Proposal { round: accepted_in, reply, records: record.into_iter().collect() });
                     }
                 }
                 None => {
-                    if let Some(record) = ack.record {
+                    if let Some(record) = record {
                         if self.dir.apply(record) {
                             self.dirty = true;
                         }
                     }
                 }
             }
-            votes.insert(ack.from);
+            votes.insert(from);
             if votes.len() + 1 >= quorum {
                 self.on_quorum(now, rid);
             }
             return;
         }
-        let live = ack.holder.filter(|&h| h != me && self.table.is_live(now, h));
+        let live = holder.filter(|&h| h != me && self.table.is_live(now, h));
         match live {
             // A higher round, or an executor of our round, or a lower id of our round while we
             // claim on a re-ranking: it goes first. (Claiming as our arrival ranking's winner,
             // we keep claiming: the lower id yields when our claim reaches it, unless it claims
             // as its own arrival winner, in which case we yield when its claim reaches us.)
-            Some(h) if ack.round > round || (ack.round == round && (ack.firm || (h < me && !first))) => {
-                self.set_state(now, rid, State::Following { holder: h, round: ack.round });
+            Some(h) if their_round > round || (their_round == round && (firm || (h < me && !first))) => {
+                self.set_state(now, rid, State::Following { holder: h, round: their_round });
             }
             // A lower round (it cannot commit past our promises) or a claimer of our round that
             // our claim beats (it yields when our claim reaches it): keep claiming.
             Some(_) => {}
             // Promised to a dead holder, or to a round of ours we no longer run: go higher.
-            None if ack.round >= round => self.start_claim(now, rid),
+            None if their_round >= round => self.start_claim(now, rid),
             None => {}
         }
     }
