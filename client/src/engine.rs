@@ -98,7 +98,8 @@ struct State {
     deliver_offers: HashMap<u64, (SocketAddr, u64, Vec<u8>, Reply<String>)>,
     deliver_to: HashMap<u64, String>,
     deliver_sending: HashMap<u64, Reply<String>>,
-    galleries: HashMap<u64, Reply<Vec<GalleryItem>>>,
+    /// Galleries coming in: whose, and who waits for them.
+    galleries: HashMap<u64, (String, Reply<Vec<GalleryItem>>)>,
     gallery_asks: HashMap<u64, u64>,
     incoming_images: HashMap<u64, Delivery>,
     /// Deliveries coming in: when each started, the bytes held then (a resumed one), and the
@@ -216,7 +217,7 @@ impl State {
                 }
                 let env = self.envelope(&user, PeerBody::GalleryRequest { transfer });
                 self.gallery_asks.insert(env.id, transfer);
-                self.galleries.insert(transfer, reply);
+                self.galleries.insert(transfer, (user, reply));
                 self.link.send(now, addr, env);
             }
             Command::Send { user, addr, body, reply } => {
@@ -320,7 +321,7 @@ impl State {
                     let _ = reply.send(Err(format!("{} does not answer; the request stays pending", envelope.to)));
                 } else if let Some(transfer) = self.gallery_asks.remove(&id) {
                     self.transfers.cancel(transfer);
-                    if let Some(reply) = self.galleries.remove(&transfer) {
+                    if let Some((_, reply)) = self.galleries.remove(&transfer) {
                         let _ = reply.send(Err(format!("{} does not answer", envelope.to)));
                     }
                 }
@@ -441,7 +442,7 @@ impl State {
         }
         match ev {
             TransferEvent::Received { id, payload, .. } => {
-                if let Some(reply) = self.galleries.remove(&id) {
+                if let Some((_, reply)) = self.galleries.remove(&id) {
                     let _ = reply.send(decode_gallery(&payload).map_err(|e| e.to_string()));
                 } else if let Some(d) = self.incoming_images.remove(&id) {
                     match sharing::store_delivery(&self.ctx.store, &self.ctx.me.name, &d, &payload) {
@@ -474,8 +475,8 @@ impl State {
                 }
             }
             TransferEvent::Failed { id, reason, .. } => {
-                if let Some(reply) = self.galleries.remove(&id) {
-                    let _ = reply.send(Err(format!("gallery transfer failed: {reason}")));
+                if let Some((user, reply)) = self.galleries.remove(&id) {
+                    let _ = reply.send(Err(format!("gallery transfer from {user} failed: {reason}")));
                 } else if let Some(reply) = self.deliver_sending.remove(&id) {
                     self.meter.clear();
                     let who = self.deliver_to.remove(&id).unwrap_or_default();
