@@ -152,7 +152,7 @@ impl World<Clients> {
     fn client_complete(&mut self, ci: usize, done: Completion) {
         let c = &mut self.actors.list[ci];
         let what = c.script[c.step];
-        let Some(out) = c.cloud.settle(&mut self.net, done, what) else { return };
+        let Some(out) = c.cloud.settle(&mut self.net, done) else { return };
         match (what, out.result) {
             ("register", Ok(Answer::Registered { secret, .. })) => c.cloud.token = secret,
             ("signin", Ok(Answer::SignedIn { .. })) => c.online = true,

@@ -309,13 +309,11 @@ impl World<Parties> {
     }
 
     fn alice_complete(&mut self, done: Completion) {
-        let what = format!("{:?}", self.actors.alice.step);
-        let Some(out) = self.actors.alice.cloud.settle(&mut self.net, done, &what) else { return };
-        let result = out.result;
-        match (self.actors.alice.step, result) {
+        let Some(out) = self.actors.alice.cloud.settle(&mut self.net, done) else { return };
+        match (self.actors.alice.step, out.result) {
             (AliceStep::Register, Ok(Answer::Registered { secret, .. })) => {
-                self.actors.alice.cloud.token = secret;
-                self.alice_request(AliceStep::SignIn, Op::SignIn { name: "alice".into(), auth: Auth::default() });
+                self.actors.alice.step = AliceStep::SignIn;
+                self.actors.alice.cloud.sign_in_with(&mut self.net, secret);
             }
             (AliceStep::SignIn, Ok(Answer::SignedIn { .. })) => self.actors.alice.step = AliceStep::Ready,
             (AliceStep::Register | AliceStep::SignIn, r) => {
@@ -460,13 +458,11 @@ impl World<Parties> {
     }
 
     fn bob_complete(&mut self, done: Completion) {
-        let what = format!("{:?}", self.actors.bob.step);
-        let Some(out) = self.actors.bob.cloud.settle(&mut self.net, done, &what) else { return };
-        let result = out.result;
-        match (self.actors.bob.step, result) {
+        let Some(out) = self.actors.bob.cloud.settle(&mut self.net, done) else { return };
+        match (self.actors.bob.step, out.result) {
             (BobStep::Register, Ok(Answer::Registered { secret, .. })) => {
-                self.actors.bob.cloud.token = secret;
-                self.bob_request(BobStep::SignIn, Op::SignIn { name: "bob".into(), auth: Auth::default() });
+                self.actors.bob.step = BobStep::SignIn;
+                self.actors.bob.cloud.sign_in_with(&mut self.net, secret);
             }
             (BobStep::Register, r) => {
                 self.note(format!("bob's registration failed: {r:?}; trying again"));
@@ -536,40 +532,41 @@ impl World<Parties> {
         self.flush_links();
     }
 
-    fn on_client_msg(&mut self, to: NodeId, from: NodeId, msg: Msg) {
-        if to == ALICE {
-            match msg {
-                Msg::Reply(reply) => {
-                    if let Some(done) = self.actors.alice.cloud.req.on_reply(reply) {
-                        self.alice_complete(done);
-                    }
-                }
-                m @ (Msg::Peer(_) | Msg::PeerAck { .. }) => {
-                    self.actors.alice.link.on_message(addr_of(from), m);
-                    self.alice_link_events();
-                }
-                _ => {}
+    /// What bob's link received: grants, directly or relayed by a server.
+    fn bob_link_events(&mut self) {
+        while let Some(ev) = self.actors.bob.link.poll_event() {
+            if let LinkEvent::Incoming { envelope, from } = ev {
+                let via = if node_of(from) == ALICE { "directly" } else { "relayed by a server" };
+                self.bob_apply(&envelope, via);
             }
-        } else if to == self.actors.bob.cloud.node && self.actors.bob.running() {
+        }
+    }
+
+    fn on_client_msg(&mut self, to: NodeId, from: NodeId, msg: Msg) {
+        let alice = to == ALICE;
+        // Anything for a process that is not there is dropped.
+        if alice || (to == self.actors.bob.cloud.node && self.actors.bob.running()) {
+            let (cloud, link) = match alice {
+                true => (&mut self.actors.alice.cloud, &mut self.actors.alice.link),
+                false => (&mut self.actors.bob.cloud, &mut self.actors.bob.link),
+            };
             match msg {
-                Msg::Reply(reply) => {
-                    if let Some(done) = self.actors.bob.cloud.req.on_reply(reply) {
-                        self.bob_complete(done);
-                    }
-                }
+                Msg::Reply(reply) => match cloud.req.on_reply(reply) {
+                    Some(done) if alice => self.alice_complete(done),
+                    Some(done) => self.bob_complete(done),
+                    None => {}
+                },
                 m @ (Msg::Peer(_) | Msg::PeerAck { .. }) => {
-                    self.actors.bob.link.on_message(addr_of(from), m);
-                    while let Some(ev) = self.actors.bob.link.poll_event() {
-                        if let LinkEvent::Incoming { envelope, from } = ev {
-                            let via = if node_of(from) == ALICE { "directly" } else { "relayed by a server" };
-                            self.bob_apply(&envelope, via);
-                        }
+                    link.on_message(addr_of(from), m);
+                    if alice {
+                        self.alice_link_events();
+                    } else {
+                        self.bob_link_events();
                     }
                 }
                 _ => {}
             }
         }
-        // Anything else is for a process that is not there: dropped.
         self.flush_links();
     }
 

@@ -45,7 +45,7 @@
 
 use client::peer::PeerLink;
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
-use common::protocol::{encode_msg, validate, Answer, Msg, Op, RequestId};
+use common::protocol::{encode_msg, validate, Answer, Auth, Msg, Op, RequestId};
 use common::requester::{Completion, Requester};
 use common::rng::Rng;
 use common::simnet::{Faults, NodeId, SimNet};
@@ -200,6 +200,8 @@ pub struct CloudClient {
     /// The secret from registration ("" before).
     pub token: String,
     pub current: Option<RequestId>,
+    /// The kind of the current request's operation.
+    doing: &'static str,
     pub timeouts: Vec<String>,
     /// Answers from a second server seen by the earlier processes' requesters.
     twice_before: u64,
@@ -213,6 +215,7 @@ impl CloudClient {
             req,
             token: String::new(),
             current: None,
+            doing: "",
             timeouts: vec![],
             twice_before: 0,
         }
@@ -223,12 +226,20 @@ impl CloudClient {
     pub fn request(&mut self, net: &mut Net, op: Op) -> RequestId {
         let now = net.now;
         let secret = common::auth::secret_bytes(&self.token);
+        self.doing = op.kind();
         let (rid, msg) = self.req.start_with(now, op, |op, rid| {
             common::auth::sign_request(op, rid, &secret, server::node::SIM_WALL_BASE + now)
         });
         net.send_to_servers(self.node, &msg);
         self.current = Some(rid);
         rid
+    }
+
+    /// Registered: keeps the secret and signs in with it, as a new user's client does.
+    pub fn sign_in_with(&mut self, net: &mut Net, secret: String) -> RequestId {
+        self.token = secret;
+        let op = Op::SignIn { name: self.name.clone(), auth: Auth::default() };
+        self.request(net, op)
     }
 
     /// The requester's timers: resends go out; the requests that timed out are returned.
@@ -241,8 +252,8 @@ impl CloudClient {
     }
 
     /// The outcome of the request waited on, if `done` ends it (`None` for any other); a
-    /// timeout (`what` the client was doing) is recorded and is an error "no server answered".
-    pub fn settle(&mut self, net: &mut Net, done: Completion, what: &str) -> Option<Outcome> {
+    /// timeout is recorded and is an error "no server answered".
+    pub fn settle(&mut self, net: &mut Net, done: Completion) -> Option<Outcome> {
         let (rid, server, result) = match done {
             Completion::Answered(r) => (r.rid, Some(r.server), r.result),
             Completion::TimedOut(rid) => (rid, None, Err("no server answered".to_string())),
@@ -252,8 +263,9 @@ impl CloudClient {
         }
         self.current = None;
         if server.is_none() {
-            self.timeouts.push(format!("{} {what} {rid}", self.name));
-            net.note(format!("{}'s request {rid} ({what}) timed out", self.name));
+            let (name, what) = (&self.name, self.doing);
+            self.timeouts.push(format!("{name} {what} {rid}"));
+            net.note(format!("{name}'s request {rid} ({what}) timed out"));
         }
         Some(Outcome { rid, server, result })
     }
