@@ -40,6 +40,36 @@
 //!    returns timeouts), settle its replies with [`CloudClient::settle`];
 //! 3. add it to the [`World::check_requests`] call, and its own invariants to the simulation's
 //!    check; scenario events of its own (leaving, coming back) are an [`Event::Actor`].
+//!
+//! In outline (see `tests/sim_cluster.rs` for the smallest whole one):
+//! ```text
+//! struct Viewer { cloud: CloudClient, /* its state machine */ }
+//! struct Mine { viewer: Viewer }
+//! impl Actors for Mine {
+//!     type Event = std::convert::Infallible;            // or an enum of its own events
+//!     fn nodes(&self) -> Vec<NodeId> { vec![self.viewer.cloud.node] }
+//!     fn deliver(w: &mut World<Self>, to: NodeId, from: NodeId, msg: Msg) {
+//!         if let Msg::Reply(r) = msg {
+//!             if let Some(done) = w.actors.viewer.cloud.req.on_reply(r) { w.viewer_done(done) }
+//!         }
+//!     }
+//!     fn tick(w: &mut World<Self>) {
+//!         for t in w.actors.viewer.cloud.tick(&mut w.net) { w.viewer_done(t) }
+//!         // maybe start its next request: w.actors.viewer.cloud.request(&mut w.net, op)
+//!     }
+//!     fn on_event(_: &mut World<Self>, ev: Self::Event) { match ev {} }
+//! }
+//! impl World<Mine> {
+//!     fn viewer_done(&mut self, done: Completion) {
+//!         let Some(out) = self.actors.viewer.cloud.settle(&mut self.net, done) else { return };
+//!         // advance the state machine on out.result
+//!     }
+//! }
+//! // a run: let mut w = World::new(seed, Mine { .. }); let mut ev = Schedule::default();
+//! // ev.push(3000, Event::Crash(2)); w.run_until(&mut ev, 20_000); w.calm(); ...;
+//! // w.check_requests(&[&w.actors.viewer.cloud])?; w.check_replicas()?; then its own checks,
+//! // all inside run_seeds(name, &seeds(), |seed| ...) with errors through w.fail(e).
+//! ```
 
 #![allow(dead_code)]
 
