@@ -83,10 +83,11 @@ fn main() {
     let mut lines = stdin.lock().lines();
     loop {
         if interactive {
-            print!("{name}> ");
-            let _ = std::io::stdout().flush();
+            client::notice::show_prompt(&format!("{name}> "));
         }
-        let Some(Ok(line)) = lines.next() else {
+        let next = lines.next();
+        client::notice::prompt_taken();
+        let Some(Ok(line)) = next else {
             session.lock().sign_out();
             return;
         };
