@@ -93,7 +93,7 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 /// The table as text (one header line, one line per server, then the online users).
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>10} {:>6}  online users\n",
+        "{:<7} {:<5} {:>5}  {:<12} {:>13} {:>10} {:>11} {:>6}  online users\n",
         "server",
         "state",
         "load",
@@ -119,7 +119,7 @@ pub fn render(rows: &[Row]) -> String {
             ""
         };
         out.push_str(&format!(
-            "{:<7} {:<5} {:>5}  {next:<12} {:>13} {:>10} {:>10} {:>6}  {online}\n",
+            "{:<7} {:<5} {:>5}  {next:<12} {:>13} {:>10} {:>11} {:>6}  {online}\n",
             r.id,
             if r.up { "up" } else { "DOWN" },
             or_dash(r.load),
