@@ -347,16 +347,8 @@ mod tests {
             assert_eq!(r[3], 4);
             assert_eq!(tie_key(rid, 2), tie_key(rid, 2), "a pure function");
         }
-        // Two load tables of two servers holding the same announcements rank alike.
-        let mut a = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
-        let mut b = LoadTable::new(2, &[1, 2, 3], 3000, Policy::LeastLoad);
-        a.set_mine(0, 0, 0);
-        b.on_load(0, 1, 0, 0, true);
-        b.set_mine(0, 0, 0);
-        a.on_load(0, 2, 0, 0, true);
-        for t in [&mut a, &mut b] {
-            t.on_load(0, 3, 0, 0, true);
-        }
+        // The load tables of two servers holding the same announcements rank alike.
+        let (a, b) = two_views([(0, 0), (0, 0), (0, 0)]);
         for seq in 0..100 {
             assert_eq!(a.ranking(0, rid(seq)), b.ranking(0, rid(seq)));
         }
@@ -424,18 +416,25 @@ mod tests {
         assert_eq!(t.ranking(1, rid(1)), vec![2, 3, 1]);
     }
 
-    #[test]
-    fn equal_tables_give_equal_rankings() {
-        // Two servers' views of the same announcements: each holds its own figure as announced.
+    /// Servers 1 and 2's load tables after servers 1, 2 and 3 announced (load, work) each: each
+    /// holds its own figure as announced.
+    fn two_views(announced: [(u32, u32); 3]) -> (LoadTable, LoadTable) {
+        let [(l1, w1), (l2, w2), (l3, w3)] = announced;
         let mut a = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         let mut b = LoadTable::new(2, &[1, 2, 3], 3000, Policy::LeastLoad);
-        a.set_mine(0, 10, 1);
-        b.on_load(0, 1, 10, 1, true);
-        b.set_mine(0, 4, 0);
-        a.on_load(0, 2, 4, 0, true);
+        a.set_mine(0, l1, w1);
+        b.on_load(0, 1, l1, w1, true);
+        b.set_mine(0, l2, w2);
+        a.on_load(0, 2, l2, w2, true);
         for t in [&mut a, &mut b] {
-            t.on_load(0, 3, 6, 0, true);
+            t.on_load(0, 3, l3, w3, true);
         }
+        (a, b)
+    }
+
+    #[test]
+    fn equal_tables_give_equal_rankings() {
+        let (mut a, mut b) = two_views([(10, 1), (4, 0), (6, 0)]);
         a.add_work(1);
         b.add_work(3);
         assert_eq!(a.snapshot(0), b.snapshot(0), "work seen locally is not in the table");
