@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The image cloud on this machine.
 #   ./run.sh demo [OPTIONS]    build (release) and play the narrated, checked classroom demo (own ports)
-#   ./run.sh                   build (release) and start every server of cluster.json in the foreground
-#   ./run.sh --simulate-failures   the same, the servers taking turns going down
+#   ./run.sh [SERVER OPTIONS]  build (release) and start every server of cluster.json in the foreground,
+#                              each with the options given (--simulate-failures: taking turns going down;
+#                              --slow-ms MS, --policy P: see target/release/server --help); refused
+#                              while a cluster of this RUN_DIR or these addresses runs
 #   ./run.sh server ID [OPTIONS]   build and run only server ID in the foreground (one machine of several)
 #   ./run.sh client NAME       start a client (registers NAME on first run); pipe commands or type them
 #   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | simulate on|off | status
 #   ./run.sh status [--once]   live table of every server: up/down, load, elections won, online users
 #   ./run.sh key               print the cluster key (64 hex digits; creates the key file if missing)
-#   CONFIG=other.json ./run.sh ...   use another config
+#   CONFIG=other.json ./run.sh ...   use another config (RUN_DIR=DIR: where the control files are)
 set -euo pipefail
 cd "$(dirname "$0")"
 CONFIG=${CONFIG:-cluster.json}
@@ -22,26 +24,78 @@ ids() {
     grep -o '"id"[[:space:]]*:[[:space:]]*[0-9]*' "$CONFIG" | grep -o '[0-9]*$'
 }
 
+# Says why a cluster must not be started here, if one runs already: one started by ./run.sh from
+# this RUN_DIR (it holds the lock, fd 9, and so do the servers it started, so a crashed script
+# leaves it held only while its servers live), or servers of this config that answer.
+refuse_if_running() {
+    local lock="$RUN_DIR/cluster.lock" holder
+    if command -v flock >/dev/null; then
+        exec 9>>"$lock"
+        if ! flock -n 9; then
+            holder=$(cat "$lock" 2>/dev/null || true)
+            echo "a cluster is already running from ./run.sh (pid ${holder:-?}; its control files: $RUN_DIR/server-*.ctl)." >&2
+            echo "It is left alone and nothing was started: stop it first (Ctrl-C in its terminal), or give another cluster its own CONFIG and RUN_DIR." >&2
+            exit 1
+        fi
+    elif [ -f "$lock" ] && holder=$(cat "$lock") && [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null; then
+        echo "a cluster is already running from ./run.sh (pid $holder): left alone, nothing started; stop it first (Ctrl-C in its terminal)." >&2
+        exit 1
+    fi
+    echo $$ >"$lock"
+    local up
+    up=$(answering 300)
+    if [ -n "$up" ]; then
+        echo "servers ${up}of $CONFIG already answer (started with './run.sh server ID', or from another RUN_DIR):" >&2
+        echo "a cluster is already running; it is left alone and nothing was started." >&2
+        exit 1
+    fi
+}
+
+# Ids of the servers of the config that answer a status probe within MS milliseconds.
+answering() {
+    target/release/status --config "$CONFIG" --once --wait-ms "$1" 2>/dev/null \
+        | awk '$1 ~ /^[0-9]+$/ && $2 == "up" { printf "%s ", $1 }'
+}
+
 servers() {
     build
     mkdir -p "$RUN_DIR"
-    local pids=()
-    for id in $(ids); do
+    refuse_if_running
+    local ids_started
+    ids_started=$(ids | tr '\n' ' ')
+    for id in $ids_started; do
         local ctl="$RUN_DIR/server-$id.ctl"
         rm -f "$ctl" && mkfifo "$ctl"
-        # The control FIFO is opened read-write so the server never sees end-of-file on it.
-        ( exec 3<>"$ctl"; exec target/release/server --id "$id" --config "$CONFIG" "$@" <&3 2>&1 ) \
-            | sed -u "s/^/[server $id] /" &
-        pids+=($!)
+        # The control FIFO is opened read-write so the server never sees end-of-file on it. The
+        # line prefixer ignores Ctrl-C: it ends when its server does, after the server's last words.
+        ( echo "$BASHPID" >"$RUN_DIR/server-$id.pid"; exec 3<>"$ctl"
+          exec target/release/server --id "$id" --config "$CONFIG" "$@" <&3 2>&1 ) \
+            | ( trap '' INT; exec sed -u "s/^/[server $id] /" ) &
     done
-    echo "started servers $(ids | tr '\n' ' ')— Ctrl-C stops them all; './run.sh ctl ID down 15' takes one down"
-    trap 'kill -INT ${pids[*]} 2>/dev/null; wait' INT TERM
+    trap 'for id in $ids_started; do kill -INT "$(cat "$RUN_DIR/server-$id.pid")" 2>/dev/null; done; wait' INT TERM
+    # Each server answers once it is bound (a probe sent before that is lost: ask again).
+    local up missing tries=0
+    while :; do
+        up=" $(answering 500)" missing=""
+        for id in $ids_started; do
+            case "$up" in *" $id "*) ;; *) missing+="$id " ;; esac
+        done
+        tries=$((tries + 1))
+        [ -n "$missing" ] && [ "$tries" -lt 10 ] || break
+        sleep 0.2
+    done
+    if [ -z "$missing" ]; then
+        echo "started servers ${ids_started}— Ctrl-C stops them all; './run.sh ctl ID down 15' takes one down"
+    else
+        echo "servers ${missing}do not answer (see their lines above); started: ${ids_started}— Ctrl-C stops them all" >&2
+    fi
     wait
 }
 
 case "${1:-}" in
-    "" ) servers ;;
-    --simulate-failures ) servers --simulate-failures ;;
+    -h | --help | help )
+        awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;
+    "" | --* ) servers "$@" ;;
     demo )
         build
         exec target/release/demo "${@:2}" ;;
@@ -64,7 +118,5 @@ case "${1:-}" in
         ctl="$RUN_DIR/server-$2.ctl"
         [ -p "$ctl" ] || { echo "server $2 is not running from ./run.sh" >&2; exit 1; }
         echo "${@:3}" > "$ctl" ;;
-    -h | --help | help )
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
     * ) echo "unknown command $1 (see ./run.sh --help)" >&2; exit 2 ;;
 esac

@@ -32,7 +32,9 @@ fn status_table_shows_servers_up_down_and_online_users() {
     assert!(alice.result(Duration::from_secs(20)).unwrap_or_default().starts_with("ok: signed in"));
     let table = status_once(&c.config_path);
     assert!(table.contains("3 of 3 servers up; online: alice"), "{table}");
-    assert_eq!(table.matches("<- wins it").count(), 1, "{table}");
+    // One next winner, or the least-loaded servers tie (the request id picks among them).
+    let (wins, ties) = (table.matches("<- wins it").count(), table.matches("<- tie").count());
+    assert!((wins, ties) == (1, 0) || (wins == 0 && ties >= 2), "{table}");
     c.kill(2);
     let table = status_once(&c.config_path);
     assert!(table.lines().any(|l| l.starts_with("2 ") && l.contains("DOWN")), "{table}");

@@ -7,6 +7,7 @@
 mod support;
 
 use client::cloud::Cloud;
+use common::config::{ClusterConfig, ServerId};
 use common::protocol::Answer;
 use std::time::{Duration, Instant};
 use support::{cluster, encrypt_op, register, seal_own, ClientProc};
@@ -66,6 +67,21 @@ fn big_png() -> Vec<u8> {
     out.into_inner()
 }
 
+/// The server the servers ranked first for the encryption they received (from their `status`).
+fn first_ranked_encrypt(cfg: &ClusterConfig) -> ServerId {
+    let mut cloud = Cloud::connect(cfg, None).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = cloud.statuses(Duration::from_millis(300));
+        let encrypt = st.values().flat_map(|s| s.elections.iter()).find(|e| e.kind == "encrypt");
+        if let Some(first) = encrypt.and_then(|e| e.ranking.first()) {
+            return *first;
+        }
+        assert!(Instant::now() < deadline, "no server recorded the encryption's election");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn encrypt_survives_a_sigkill_of_the_elected_server_mid_transfer() {
     let mut c = cluster("encrypt-kill", 3);
@@ -88,12 +104,12 @@ fn encrypt_survives_a_sigkill_of_the_elected_server_mid_transfer() {
             }
         }
     });
-    // All servers are idle, so the tie goes to the lowest id: server 1 handles the request.
-    std::thread::sleep(Duration::from_millis(40));
-    c.kill(1);
+    // All servers are idle: the request id breaks the tie. Kill the server ranked first.
+    let winner = first_ranked_encrypt(&cfg);
+    c.kill(winner);
     let (r, tries, took) = worker.join().expect("client thread");
     let Ok(Answer::Encrypted { .. }) = r.reply.result else { panic!("{:?}", r.reply.result) };
-    assert_ne!(r.reply.server, 1, "a surviving server answered");
+    assert_ne!(r.reply.server, winner, "a surviving server answered");
     let stego = r.blob.expect("result downloaded");
     assert_eq!(common::stego::reveal(&stego).expect("reveal"), sealed, "byte-exact after {tries} tries, {took:?}");
 }

@@ -4,6 +4,7 @@
 //! through is handed to the cloud, which relays it or buffers it for the offline recipient.
 
 use crate::cloud::{Cloud, Incoming};
+use crate::notice::notice;
 use crate::partials::Mirror;
 use crate::peer::{LinkEvent, PeerLink};
 use crate::progress::Meter;
@@ -106,13 +107,11 @@ struct State {
     /// next quarter to report.
     incoming_progress: HashMap<u64, (Instant, u64, u64)>,
     last_pull: u64,
+    /// Why the last background inbox pull failed, if it did (said once, not every 5 s).
+    pull_error: Option<String>,
     health: Arc<crate::cloud::Health>,
     /// The progress line of a delivery over 1 MB (the prompt waits for `approve` meanwhile).
     meter: Meter,
-}
-
-fn notice(line: &str) {
-    println!("notice: {line}");
 }
 
 impl State {
@@ -125,7 +124,7 @@ impl State {
         let mirror = match Mirror::attach(dir, &mut transfers, 0) {
             Ok(m) => Some(m),
             Err(e) => {
-                eprintln!("partials: {e}; interrupted deliveries will start again from zero");
+                notice(&format!("partials: {e}; interrupted deliveries will start again from zero"));
                 None
             }
         };
@@ -146,6 +145,7 @@ impl State {
             incoming_images: HashMap::new(),
             incoming_progress: HashMap::new(),
             last_pull: 0,
+            pull_error: None,
             meter: Meter::default(),
         }
     }
@@ -174,9 +174,8 @@ impl State {
             // Not while the cloud is lost: the watch signs in again, then pulls resume.
             if now >= self.last_pull + INBOX_POLL_MS && !self.health.is_lost() {
                 self.last_pull = now;
-                if let Err(e) = self.pull_inbox() {
-                    eprintln!("inbox: {e}");
-                }
+                let pulled = self.pull_inbox().err();
+                self.pull_failed(pulled);
             }
             self.link.tick(now);
             self.transfers.tick(now);
@@ -248,6 +247,17 @@ impl State {
                 self.link.send(now, addr, env);
             }
         }
+    }
+
+    /// Says (once) that a background inbox pull failed with `error`; nothing while the cloud
+    /// counts as lost, which the watch said already.
+    fn pull_failed(&mut self, error: Option<String>) {
+        if let Some(e) = &error {
+            if !self.health.is_lost() && self.pull_error.as_ref() != Some(e) {
+                notice(&format!("could not fetch your inbox from the cloud: {e} (trying again every 5 s)"));
+            }
+        }
+        self.pull_error = error;
     }
 
     /// Fetches what the cloud buffered for us, applies it in order and acknowledges it so every

@@ -4,6 +4,7 @@ pub mod cloud;
 pub mod commands;
 pub mod engine;
 pub mod launch;
+pub mod notice;
 pub mod partials;
 pub mod peer;
 pub mod progress;

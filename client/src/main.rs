@@ -44,6 +44,11 @@ fn main() {
     let cfg = ClusterConfig::load(Path::new(cfg_path)).unwrap_or_else(|e| fail(&e));
     let data =
         args.get("data").map(PathBuf::from).unwrap_or_else(|| Path::new(&cfg.data_dir).join(format!("client-{name}")));
+    // Held until the process ends: a second client of this folder is refused.
+    let _folder = client::store::lock_folder(&data).unwrap_or_else(|e| {
+        println!("error: cannot sign in: {e}");
+        std::process::exit(1)
+    });
     let session = match Session::start(&cfg, &name, data) {
         Ok(s) => s,
         Err(e) => {
@@ -78,10 +83,11 @@ fn main() {
     let mut lines = stdin.lock().lines();
     loop {
         if interactive {
-            print!("{name}> ");
-            let _ = std::io::stdout().flush();
+            client::notice::show_prompt(&format!("{name}> "));
         }
-        let Some(Ok(line)) = lines.next() else {
+        let next = lines.next();
+        client::notice::prompt_taken();
+        let Some(Ok(line)) = next else {
             session.lock().sign_out();
             return;
         };

@@ -231,7 +231,7 @@ pub struct Mirror {
 pub const CHECKPOINT_MS: u64 = 1000;
 
 impl Mirror {
-    /// Opens `dir` and hands what it keeps to `transfers`; says on stderr what it dropped.
+    /// Opens `dir` and hands what it keeps to `transfers`; says in a notice what it dropped.
     pub fn attach<A: Copy + Eq + Hash + fmt::Debug + PathHint>(
         dir: PathBuf,
         transfers: &mut Transfers<A>,
@@ -248,7 +248,7 @@ impl Mirror {
             }
         }
         for s in skipped {
-            eprintln!("partials: dropped {s}");
+            crate::notice::notice(&format!("partials: dropped {s}"));
         }
         let mut m = Mirror { store, next: now, warned: false };
         m.checkpoint(transfers);
@@ -267,7 +267,7 @@ impl Mirror {
     pub fn checkpoint<A: Copy + Eq + Hash + fmt::Debug + PathHint>(&mut self, transfers: &Transfers<A>) {
         if let Err(e) = self.store.checkpoint(&transfers.partials()) {
             if !std::mem::replace(&mut self.warned, true) {
-                eprintln!("partials: {e} (an interrupted transfer may start again from zero)");
+                crate::notice::notice(&format!("partials: {e} (an interrupted transfer may start again from zero)"));
             }
         }
     }

@@ -1,10 +1,11 @@
 //! The client's data folder: its identity (name, user id, secret; file mode 0600) and
-//! its own images (stego PNGs with their low-resolution previews). Every write is atomic.
+//! its own images (stego PNGs with their low-resolution previews). Every write is atomic. A
+//! running client holds the folder's lock ([`lock_folder`]): one folder, one client at a time.
 
 use common::names::check_image_id;
 use serde::{Deserialize, Serialize};
-use std::fs;
-use std::io::Write;
+use std::fs::{self, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Who this client is, as the cloud registered it.
@@ -43,6 +44,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Stri
     f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The lock of a data folder, held while this value lives: `client.lock` in the folder, locked
+/// by the OS (released when the process ends, however it ends: a client killed by SIGKILL
+/// leaves no lock behind) and holding the holder's process id.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: fs::File,
+}
+
+/// Locks the data folder `root` (created if missing) for this process, or says which process
+/// holds it: two clients of one folder would share its identity, images and partial transfers,
+/// and the first to quit would sign the other out.
+pub fn lock_folder(root: &Path) -> Result<FolderLock, String> {
+    fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let path = root.join("client.lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Locked: the pid replaces whatever an earlier holder left.
+            let pid = format!("{}\n", std::process::id());
+            file.set_len(0)
+                .and_then(|_| file.write_all(pid.as_bytes()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(FolderLock { _file: file })
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.take(32).read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who =
+                if holder.is_empty() { "another client".to_string() } else { format!("another client (pid {holder})") };
+            Err(format!(
+                "the data folder {} is in use by {who}: one folder serves one client at a time; \
+                 quit that client first",
+                root.display()
+            ))
+        }
+        Err(TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 impl Identity {
@@ -159,6 +206,19 @@ mod tests {
         s.save_image("cat", b"x", b"y").unwrap();
         assert_eq!(s.new_image_id(Path::new("cat.png")), "cat-2");
         assert_eq!(s.images(), vec!["cat".to_string()]);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_locked_folder_names_its_holder_until_released() {
+        let dir = std::env::temp_dir().join(format!("imgcloud-client-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let held = lock_folder(&dir).expect("a free folder locks");
+        let err = lock_folder(&dir).expect_err("a held folder is refused");
+        assert!(err.contains(&format!("in use by another client (pid {})", std::process::id())), "{err}");
+        drop(held);
+        let again = lock_folder(&dir).expect("free again once released");
+        drop(again);
         let _ = fs::remove_dir_all(dir);
     }
 }

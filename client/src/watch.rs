@@ -4,6 +4,7 @@
 //! requests give up quickly (see [`crate::cloud::LOST_WAIT`]) instead of hanging the prompt.
 
 use crate::cloud::{Cloud, Health, Prober};
+use crate::notice::notice;
 use crate::store::Identity;
 use common::protocol::{Answer, Op};
 use parking_lot::Mutex;
@@ -30,10 +31,6 @@ pub fn spawn(cloud: Arc<Mutex<Cloud>>, me: Identity) -> Result<(), String> {
         .spawn(move || run(cloud, health, prober, me))
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-fn notice(line: &str) {
-    println!("notice: {line}");
 }
 
 fn run(cloud: Arc<Mutex<Cloud>>, health: Arc<Health>, mut prober: Prober, me: Identity) {

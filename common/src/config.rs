@@ -19,7 +19,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerEntry {
-    /// The server's id; ties in the election go to the lowest.
+    /// The server's id (unique, ≥ 1).
     pub id: ServerId,
     /// Where clients send requests.
     pub client_addr: SocketAddr,

@@ -284,8 +284,13 @@ pub struct ServerStatus {
     pub down: bool,
     /// Its view of every server's load.
     pub peers: Vec<PeerView>,
-    /// Requests it executed.
+    /// Requests it executed (those of [`ServerStatus::background`] included).
     pub handled: u64,
+    /// Of `handled`, the requests a client sends by itself rather than for a command of its
+    /// user: sign-ins (at start and by its watch after an outage) and inbox pulls (every 5 s
+    /// while online). Status probes are answered by every server, never elected, and not counted.
+    #[serde(default)]
+    pub background: u64,
     /// Requests it executed, by kind.
     pub handled_by_kind: Vec<(String, u64)>,
     /// Users in its directory.
@@ -296,7 +301,8 @@ pub struct ServerStatus {
     pub tracked_requests: usize,
     /// Resident memory in KiB, when known.
     pub rss_kb: u64,
-    /// Requests it executed (won) in the last [`RECENT_SECS`] seconds.
+    /// Requests of users (not [`ServerStatus::background`]) it executed (won) in the last
+    /// [`RECENT_SECS`] seconds.
     #[serde(default)]
     pub recent_wins: u64,
     /// The server that would win a request arriving now, in its view (None: no live server).

@@ -4,7 +4,10 @@
 //! Effective load of a server = the load it last announced (CPU part + [`WORK_WEIGHT`] × its
 //! queued and in-flight requests); a busy server's announced queue moves the next requests
 //! elsewhere, and a server whose queue grows announces early (see the node), so a burst spreads
-//! within milliseconds.
+//! within milliseconds. Servers of equal load are ordered by a hash of the request id and the
+//! server id ([`tie_key`]), so an idle cluster spreads its requests (a client's background
+//! inbox pulls every 5 s no longer all go to server 1) and every server still orders the tie
+//! the same way.
 //!
 //! A ranking is a pure function of the load table ([`LoadTable::snapshot`]: every server's
 //! announced figure and whether it counts as live) and the request id ([`rank`]); a server's
@@ -16,6 +19,7 @@
 
 use common::config::ServerId;
 use common::protocol::{PeerView, RequestId};
+use common::rng::Rng;
 use std::collections::BTreeMap;
 
 /// The load that means "failed or going down"; it never wins.
@@ -28,7 +32,7 @@ pub const MAX_LIVE_LOAD: u32 = 998;
 /// How the winner of a request is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// Least effective load, ties to the lowest id (the real policy).
+    /// Least effective load, ties by a hash of the request id and the server id (the real policy).
     LeastLoad,
     /// Live servers in turn by request number (benchmark comparison only).
     RoundRobin,
@@ -246,13 +250,22 @@ impl LoadTable {
     }
 }
 
+/// The order of server `id` among the servers of equal load for request `rid`: a hash of both
+/// (SplitMix64), so each of the tied servers comes first for about as many requests, whatever
+/// the pattern of request ids. Nothing local enters: every server computes the same key.
+pub fn tie_key(rid: RequestId, id: ServerId) -> u64 {
+    let request = Rng::new(rid.client ^ Rng::new(rid.seq).next_u64()).next_u64();
+    Rng::new(request ^ u64::from(id)).next_u64()
+}
+
 /// The ranking of `rid` from a load table: the servers that can win, the winner first, then
-/// the takeover order. Least load: by (load, id). Nothing but the table and the request enters.
+/// the takeover order. Least load: by (load, [`tie_key`], id). Nothing but the table and the
+/// request enters.
 pub fn rank(table: &[PeerView], policy: Policy, rid: RequestId) -> Vec<ServerId> {
     let mut live: Vec<&PeerView> = table.iter().filter(|p| p.live).collect();
     live.sort_by_key(|p| p.id);
     match policy {
-        Policy::LeastLoad => live.sort_by_key(|p| (p.load, p.id)),
+        Policy::LeastLoad => live.sort_by_key(|p| (p.load, tie_key(rid, p.id), p.id)),
         Policy::Single => {}
         Policy::RoundRobin => {
             if !live.is_empty() {
@@ -273,15 +286,72 @@ mod tests {
     }
 
     #[test]
-    fn least_load_wins_ties_to_lowest_and_999_never_wins() {
+    fn least_load_wins_and_999_never_wins() {
         let mut t = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         t.set_mine(0, 50, 0);
         t.on_load(0, 2, 20, 0, true);
-        t.on_load(0, 3, 20, 0, true);
+        t.on_load(0, 3, 30, 0, true);
         assert_eq!(t.ranking(0, rid(1)), vec![2, 3, 1]);
         t.on_load(1, 2, FAILED, 0, true);
         assert_eq!(t.ranking(1, rid(1)), vec![3, 1]);
         assert_eq!(t.effective(1, 2), FAILED);
+    }
+
+    /// How often each server ranks first over `n` consecutive requests of one client.
+    fn firsts(table: &[PeerView], n: u64) -> BTreeMap<ServerId, u64> {
+        let mut won = BTreeMap::new();
+        for seq in 0..n {
+            let first = rank(table, Policy::LeastLoad, RequestId { client: 0x5eed, seq })[0];
+            *won.entry(first).or_insert(0) += 1;
+        }
+        won
+    }
+
+    fn view(id: ServerId, load: u32) -> PeerView {
+        PeerView { id, load, live: true }
+    }
+
+    #[test]
+    fn ties_spread_by_request_id_and_load_still_decides() {
+        // An idle cluster: each server first for about a third of the requests, not server 1
+        // for all of them.
+        let idle = [view(1, 0), view(2, 0), view(3, 0)];
+        let won = firsts(&idle, 300);
+        assert!(won.values().all(|&n| n >= 70), "an idle cluster spreads its requests: {won:?}");
+        assert_eq!(won.len(), 3, "{won:?}");
+        // A tie among the two least loaded: they share, the loaded one is always last.
+        let two = [view(1, 10), view(2, 0), view(3, 0)];
+        let won = firsts(&two, 200);
+        assert!(won.get(&2).is_some_and(|&n| n >= 50) && won.get(&3).is_some_and(|&n| n >= 50), "{won:?}");
+        assert!(!won.contains_key(&1), "a loaded server never wins a tie it is not in: {won:?}");
+        for seq in 0..50 {
+            let r = rank(&two, Policy::LeastLoad, RequestId { client: 9, seq });
+            assert_eq!(r[2], 1, "{r:?}");
+        }
+        // A lower load wins whatever the request id.
+        let one = [view(1, 5), view(2, 5), view(3, 0)];
+        assert_eq!(firsts(&one, 100).keys().copied().collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn every_server_orders_a_tie_the_same_way() {
+        // The same table, listed in any order, and the same request give the same ranking.
+        let table = [view(1, 0), view(2, 0), view(3, 0), view(4, 7)];
+        let mut reversed = table.to_vec();
+        reversed.reverse();
+        for seq in 0..100 {
+            let rid = RequestId { client: 0xabcd, seq };
+            let r = rank(&table, Policy::LeastLoad, rid);
+            assert_eq!(r, rank(&reversed, Policy::LeastLoad, rid));
+            assert_eq!(r.len(), 4);
+            assert_eq!(r[3], 4);
+            assert_eq!(tie_key(rid, 2), tie_key(rid, 2), "a pure function");
+        }
+        // The load tables of two servers holding the same announcements rank alike.
+        let (a, b) = two_views([(0, 0), (0, 0), (0, 0)]);
+        for seq in 0..100 {
+            assert_eq!(a.ranking(0, rid(seq)), b.ranking(0, rid(seq)));
+        }
     }
 
     #[test]
@@ -301,11 +371,13 @@ mod tests {
         t.set_mine(0, 0, 0);
         t.on_load(0, 2, 0, 0, true);
         t.on_load(0, 3, 0, 0, true);
+        // A request that server 1 wins while every server is idle.
+        let r = (0..).map(rid).find(|r| t.ranking(0, *r)[0] == 1).expect("server 1 wins some ties");
         t.add_work(1);
         t.add_work(1);
-        assert_eq!(t.ranking(0, rid(1))[0], 1, "claims seen locally do not move the ranking");
+        assert_eq!(t.ranking(0, r)[0], 1, "claims seen locally do not move the ranking");
         t.set_mine(1, load_figure(0.0, 2), 2);
-        assert_eq!(t.ranking(1, rid(1)), vec![2, 3, 1], "announced queued work does");
+        assert_eq!(t.ranking(1, r)[2], 1, "announced queued work does");
     }
 
     #[test]
@@ -344,18 +416,25 @@ mod tests {
         assert_eq!(t.ranking(1, rid(1)), vec![2, 3, 1]);
     }
 
-    #[test]
-    fn equal_tables_give_equal_rankings() {
-        // Two servers' views of the same announcements: each holds its own figure as announced.
+    /// Servers 1 and 2's load tables after servers 1, 2 and 3 announced (load, work) each: each
+    /// holds its own figure as announced.
+    fn two_views(announced: [(u32, u32); 3]) -> (LoadTable, LoadTable) {
+        let [(l1, w1), (l2, w2), (l3, w3)] = announced;
         let mut a = LoadTable::new(1, &[1, 2, 3], 3000, Policy::LeastLoad);
         let mut b = LoadTable::new(2, &[1, 2, 3], 3000, Policy::LeastLoad);
-        a.set_mine(0, 10, 1);
-        b.on_load(0, 1, 10, 1, true);
-        b.set_mine(0, 4, 0);
-        a.on_load(0, 2, 4, 0, true);
+        a.set_mine(0, l1, w1);
+        b.on_load(0, 1, l1, w1, true);
+        b.set_mine(0, l2, w2);
+        a.on_load(0, 2, l2, w2, true);
         for t in [&mut a, &mut b] {
-            t.on_load(0, 3, 4, 0, true);
+            t.on_load(0, 3, l3, w3, true);
         }
+        (a, b)
+    }
+
+    #[test]
+    fn equal_tables_give_equal_rankings() {
+        let (mut a, mut b) = two_views([(10, 1), (4, 0), (6, 0)]);
         a.add_work(1);
         b.add_work(3);
         assert_eq!(a.snapshot(0), b.snapshot(0), "work seen locally is not in the table");

@@ -9,9 +9,7 @@ impl Node {
         self.set_state(now, rid, State::Executing { round });
         let Some(e) = self.requests.get(&rid) else { return };
         let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) else { return };
-        self.handled += 1;
-        *self.handled_by_kind.entry(op.kind()).or_insert(0) += 1;
-        self.count_recent(now);
+        self.count_execution(now, &op);
         if self.cfg.record_executions {
             self.executions.push(rid);
         }

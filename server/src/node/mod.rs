@@ -5,7 +5,7 @@
 //! Each request is decided by single-decree Paxos among the servers, with the load election as
 //! leader hint:
 //! 1. every live server receives the client's request and ranks the live servers for it
-//!    (least effective load, ties to the lowest id); the winner claims it in round 1
+//!    (least effective load, ties by request id); the winner claims it in round 1
 //!    (`Prepare`, "Claim" on the wire). If no claim comes within the claim timeout, the next
 //!    server in the ranking claims; if the holder fails (999, silent, restarted), the next live
 //!    server claims in a higher round;

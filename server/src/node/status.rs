@@ -1,7 +1,13 @@
-//! The node's counters and its `Status` answer: requests won per second, the recent elections
+//! The node's counters and its `Status` answer: requests won (those of users apart from the
+//! background ones a client sends by itself), requests won per second, the recent elections
 //! (how each request was ranked), and what `status` shows.
 
 use super::*;
+
+/// Kinds of the requests a client sends by itself, not for a command of its user: sign-ins
+/// (at start, and by its watch when the cloud answers again) and inbox pulls (every 5 s while
+/// online). Counted apart, so the requests won by users show where the election sends work.
+pub const BACKGROUND_KINDS: &[&str] = &["signin", "inbox-ack"];
 
 impl Node {
     /// This server's status, as answered to a `Status` request.
@@ -11,6 +17,12 @@ impl Node {
             down: self.is_down(),
             peers: self.table.snapshot(now),
             handled: self.handled,
+            background: self
+                .handled_by_kind
+                .iter()
+                .filter(|(k, _)| BACKGROUND_KINDS.contains(*k))
+                .map(|(_, n)| n)
+                .sum(),
             handled_by_kind: self.handled_by_kind.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             users: self.dir.len(),
             online: self.dir.online().take(100).map(|u| u.name).collect(),
@@ -43,14 +55,23 @@ impl Node {
         self.elections.push_back(e);
     }
 
-    /// Requests executed here in the last [`RECENT_SECS`] seconds.
+    /// Requests of users executed here in the last [`RECENT_SECS`] seconds.
     pub(super) fn recent_wins(&self, now: u64) -> u64 {
         let sec = now / 1000;
         self.recent.iter().filter(|(s, _)| s + RECENT_SECS > sec).map(|(_, n)| n).sum()
     }
 
+    /// Counts the execution of `op`: in the totals, and in the per-second window if a user's.
+    pub(super) fn count_execution(&mut self, now: u64, op: &Op) {
+        self.handled += 1;
+        *self.handled_by_kind.entry(op.kind()).or_insert(0) += 1;
+        if !BACKGROUND_KINDS.contains(&op.kind()) {
+            self.count_recent(now);
+        }
+    }
+
     /// Counts one execution in the per-second window (at most `RECENT_SECS` + 1 buckets).
-    pub(super) fn count_recent(&mut self, now: u64) {
+    fn count_recent(&mut self, now: u64) {
         let sec = now / 1000;
         match self.recent.back_mut() {
             Some((s, n)) if *s == sec => *n += 1,

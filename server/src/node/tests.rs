@@ -13,8 +13,11 @@ fn client() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20_000))
 }
 
+/// A request the three servers rank 1, 2, 3 while they are idle (a tie: the request id decides).
 fn rid() -> RequestId {
-    RequestId { client: 7, seq: 1 }
+    let idle: Vec<PeerView> = (1..=3).map(|id| PeerView { id, load: 0, live: true }).collect();
+    let in_order = |r: &RequestId| crate::election::rank(&idle, Policy::LeastLoad, *r) == [1, 2, 3];
+    (1..).map(|seq| RequestId { client: 1, seq }).find(in_order).expect("some request is ranked 1, 2, 3")
 }
 
 fn register() -> Op {
