@@ -1,7 +1,7 @@
 //! The node's unit tests: hand-picked interleavings of the protocol.
 
 use super::*;
-use common::protocol::Version;
+use common::protocol::{Version, DECIDED};
 
 const CLAIM_TIMEOUT: u64 = 300;
 
