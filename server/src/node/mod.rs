@@ -723,6 +723,3 @@ fn small(reply: &Reply) -> bool {
         Err(e) => e.len() <= 1024,
     }
 }
-
-#[cfg(test)]
-mod tests;
