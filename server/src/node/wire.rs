@@ -292,6 +292,23 @@ mod tests {
         }
     }
 
+    /// A "ClaimAck" from server 2, built by hand as servers did before there were types.
+    fn claim_ack(
+        granted: bool,
+        holder: Option<ServerId>,
+        round: u32,
+        firm: bool,
+        reply: Option<Reply>,
+        record: Option<UserRecord>,
+    ) -> Msg {
+        Msg::Promise { rid: rid(), from: 2, granted, holder, round, firm, reply, record }
+    }
+
+    /// A "DoneAck" from server 2, built by hand.
+    fn done_ack(accepted: bool, holder: Option<ServerId>, round: u32, reply: Option<Reply>) -> Msg {
+        Msg::Accepted { rid: rid(), from: 2, accepted, holder, round, reply }
+    }
+
     /// Each typed message with the message servers built by hand before there were types.
     fn pairs() -> Vec<(Paxos, Msg)> {
         let (rid, addr) = (rid(), "127.0.0.1:9".parse().unwrap());
@@ -316,81 +333,21 @@ mod tests {
             ),
             (
                 promise(3, Ballot::Granted(Report::Record(Some(record(2))))),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: true,
-                    holder: None,
-                    round: 3,
-                    firm: false,
-                    reply: None,
-                    record: Some(record(2)),
-                },
+                claim_ack(true, None, 3, false, None, Some(record(2))),
             ),
-            (
-                promise(3, Ballot::Granted(Report::Record(None))),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: true,
-                    holder: None,
-                    round: 3,
-                    firm: false,
-                    reply: None,
-                    record: None,
-                },
-            ),
+            (promise(3, Ballot::Granted(Report::Record(None))), claim_ack(true, None, 3, false, None, None)),
             (
                 promise(3, Ballot::Granted(Report::Accepted { round: 2, reply: reply(1), record: Some(record(1)) })),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: true,
-                    holder: Some(2),
-                    round: 3,
-                    firm: false,
-                    reply: Some(reply(1)),
-                    record: Some(record(1)),
-                },
+                claim_ack(true, Some(2), 3, false, Some(reply(1)), Some(record(1))),
             ),
             (
                 promise(4, Ballot::Refused { holder: Some(3), firm: true }),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: false,
-                    holder: Some(3),
-                    round: 4,
-                    firm: true,
-                    reply: None,
-                    record: None,
-                },
+                claim_ack(false, Some(3), 4, true, None, None),
             ),
-            (
-                promise(0, Ballot::Refused { holder: None, firm: false }),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: false,
-                    holder: None,
-                    round: 0,
-                    firm: false,
-                    reply: None,
-                    record: None,
-                },
-            ),
+            (promise(0, Ballot::Refused { holder: None, firm: false }), claim_ack(false, None, 0, false, None, None)),
             (
                 promise(2, Ballot::Decided { reply: reply(1), record: Some(record(1)) }),
-                Msg::Promise {
-                    rid,
-                    from: 2,
-                    granted: false,
-                    holder: Some(1),
-                    round: 2,
-                    firm: true,
-                    reply: Some(reply(1)),
-                    record: Some(record(1)),
-                },
+                claim_ack(false, Some(1), 2, true, Some(reply(1)), Some(record(1))),
             ),
             (
                 Paxos::Accept(Accept {
@@ -404,22 +361,10 @@ mod tests {
                 Paxos::Decision(Decision { rid, by: 1, reply: reply(1), records: vec![] }),
                 Msg::Accept { rid, by: 1, round: DECIDED, reply: reply(1), records: vec![] },
             ),
-            (
-                accepted(Ack::Accepted { round: 3 }),
-                Msg::Accepted { rid, from: 2, accepted: true, holder: None, round: 3, reply: None },
-            ),
-            (
-                accepted(Ack::Applied),
-                Msg::Accepted { rid, from: 2, accepted: true, holder: None, round: DECIDED, reply: None },
-            ),
-            (
-                accepted(Ack::Refused { round: 5, holder: Some(3) }),
-                Msg::Accepted { rid, from: 2, accepted: false, holder: Some(3), round: 5, reply: None },
-            ),
-            (
-                accepted(Ack::Decided { reply: reply(3) }),
-                Msg::Accepted { rid, from: 2, accepted: false, holder: None, round: 0, reply: Some(reply(3)) },
-            ),
+            (accepted(Ack::Accepted { round: 3 }), done_ack(true, None, 3, None)),
+            (accepted(Ack::Applied), done_ack(true, None, DECIDED, None)),
+            (accepted(Ack::Refused { round: 5, holder: Some(3) }), done_ack(false, Some(3), 5, None)),
+            (accepted(Ack::Decided { reply: reply(3) }), done_ack(false, None, 0, Some(reply(3)))),
         ]
     }
 
@@ -438,36 +383,25 @@ mod tests {
     fn combinations_no_server_sends_are_rejected_with_a_reason() {
         let (rid, addr) = (rid(), "127.0.0.1:9".parse().unwrap());
         let op = Op::Lookup { name: "bob".into() };
-        let vote = |granted, holder, round, firm, reply, record| Msg::Promise {
-            rid,
-            from: 2,
-            granted,
-            holder,
-            round,
-            firm,
-            reply,
-            record,
-        };
-        let ack = |accepted, holder, round, reply| Msg::Accepted { rid, from: 2, accepted, holder, round, reply };
         let cases = [
             Msg::Prepare { rid, by: 1, round: 0, op: op.clone(), reply_to: addr, first: true },
             Msg::Prepare { rid, by: 1, round: DECIDED, op, reply_to: addr, first: true },
-            vote(true, None, 1, true, None, None),
-            vote(true, Some(1), 1, false, None, None),
-            vote(true, None, 1, false, Some(reply(1)), None),
-            vote(true, None, 0, false, None, None),
-            vote(true, Some(DECIDED), 1, false, Some(reply(1)), None),
-            vote(false, Some(3), 1, true, Some(reply(1)), None),
-            vote(false, Some(1), 1, false, Some(reply(1)), None),
-            vote(false, None, 1, false, None, Some(record(1))),
-            vote(false, None, DECIDED, false, None, None),
+            claim_ack(true, None, 1, true, None, None),
+            claim_ack(true, Some(1), 1, false, None, None),
+            claim_ack(true, None, 1, false, Some(reply(1)), None),
+            claim_ack(true, None, 0, false, None, None),
+            claim_ack(true, Some(DECIDED), 1, false, Some(reply(1)), None),
+            claim_ack(false, Some(3), 1, true, Some(reply(1)), None),
+            claim_ack(false, Some(1), 1, false, Some(reply(1)), None),
+            claim_ack(false, None, 1, false, None, Some(record(1))),
+            claim_ack(false, None, DECIDED, false, None, None),
             Msg::Accept { rid, by: 1, round: 0, reply: reply(1), records: vec![] },
-            ack(true, None, 0, None),
-            ack(true, Some(3), 1, None),
-            ack(true, None, 1, Some(reply(1))),
-            ack(false, None, 2, Some(reply(1))),
-            ack(false, Some(3), 0, Some(reply(1))),
-            ack(false, None, DECIDED, None),
+            done_ack(true, None, 0, None),
+            done_ack(true, Some(3), 1, None),
+            done_ack(true, None, 1, Some(reply(1))),
+            done_ack(false, None, 2, Some(reply(1))),
+            done_ack(false, Some(3), 0, Some(reply(1))),
+            done_ack(false, None, DECIDED, None),
             Msg::Working { rid, server: 1 },
         ];
         for msg in cases {
