@@ -1,6 +1,6 @@
 //! Phase 2 of a request's Paxos instance: executing (only when no vote reported an accepted
-//! proposal), proposing (`Accept` in the claimer's round), the acceptances (`Accepted`),
-//! the decision (`Accept` in round `DECIDED`) applied by every server, and the reply.
+//! proposal), proposing (`Accept`, in the claimer's round), the acceptances (`Accepted`), the
+//! `Decision` applied by every server, and the reply.
 
 use super::*;
 
@@ -48,17 +48,11 @@ impl Node {
             self.decide(now, rid, proposal);
             return;
         }
-        let done = Msg::Accept {
-            rid,
-            by: self.cfg.id,
-            round: proposal.round,
-            reply: proposal.reply.clone(),
-            records: proposal.records.clone(),
-        };
+        let accept = Msg::from(Accept { rid, by: self.cfg.id, proposal: proposal.clone() });
         let quorum = self.table.quorum();
         let voted = self.requests.get(&rid).map(|e| e.voted.clone()).unwrap_or_default();
         let to = if voted.len() + 1 >= quorum { voted } else { self.table.voters() };
-        self.multicast(to, &done);
+        self.multicast(to, &accept);
         self.set_state(now, rid, State::Accepting { proposal, acks: BTreeSet::new(), last: now });
     }
 
@@ -73,13 +67,12 @@ impl Node {
         if replied {
             self.reply_to_client(rid, &proposal.reply);
         }
-        let decided = Msg::Accept {
+        let decided = Msg::from(Decision {
             rid,
             by: self.cfg.id,
-            round: DECIDED,
             reply: proposal.reply.clone(),
             records: proposal.records.clone(),
-        };
+        });
         let unhurried = replied && small(&proposal.reply);
         self.set_state(now, rid, State::Deciding { proposal, acks: BTreeSet::new(), since: now, last: now, replied });
         if unhurried {
@@ -152,39 +145,26 @@ impl Node {
         }
     }
 
-    /// A proposal (Paxos accept) or a decision arrived; returns the acknowledgement.
-    pub(super) fn on_accept(
-        &mut self,
-        now: u64,
-        rid: RequestId,
-        by: ServerId,
-        round: u32,
-        reply: Reply,
-        records: Vec<UserRecord>,
-    ) -> Msg {
+    /// A decision arrived: apply it; returns the acknowledgement.
+    pub(super) fn on_decision(&mut self, now: u64, decision: Decision) -> Accepted {
+        let Decision { rid, reply, records, .. } = decision;
+        self.learn(now, rid, reply, records);
+        Accepted { rid, from: self.cfg.id, ack: Ack::Applied }
+    }
+
+    /// A proposal (Paxos accept) arrived; returns the acknowledgement.
+    pub(super) fn on_accept(&mut self, now: u64, accept: Accept) -> Accepted {
+        let Accept { rid, by, proposal } = accept;
         let me = self.cfg.id;
-        let ack = |accepted: bool, holder: Option<ServerId>, round: u32, reply: Option<Reply>| Msg::Accepted {
-            rid,
-            from: me,
-            accepted,
-            holder,
-            round,
-            reply,
-        };
-        if round == DECIDED {
-            self.learn(now, rid, reply, records);
-            return ack(true, None, DECIDED, None);
-        }
-        if round == 0 {
-            return ack(false, None, 0, None);
-        }
+        let answer = |ack: Ack| Accepted { rid, from: me, ack };
+        let round = proposal.round;
         self.requests.entry(rid).or_insert_with(|| Box::new(Entry::new(None, None, now, vec![])));
-        let Some(e) = self.requests.get_mut(&rid) else { return ack(false, None, 0, None) };
+        let Some(e) = self.requests.get_mut(&rid) else { return answer(Ack::Refused { round: 0, holder: None }) };
         if let Some(decided) = e.state.decided() {
-            return if *decided == reply {
-                ack(true, None, round, None)
+            return if *decided == proposal.reply {
+                answer(Ack::Accepted { round })
             } else {
-                ack(false, None, 0, Some(decided.clone()))
+                answer(Ack::Decided { reply: decided.clone() })
             };
         }
         let executing_this_round = match &e.state {
@@ -195,46 +175,44 @@ impl Node {
         if round < e.vote.round || (round == e.vote.round && executing_this_round) {
             let promised = e.vote.round;
             let holder = self.requests.get(&rid).and_then(|e| self.promise_holder(e));
-            return ack(false, holder, promised, None);
+            return answer(Ack::Refused { round: promised, holder });
         }
         e.vote.round = round;
         e.vote.holder = by;
-        e.vote.accepted = Some(Proposal { round, reply, records });
+        e.vote.accepted = Some(proposal);
         self.set_state(now, rid, State::Following { holder: by, round });
-        ack(true, None, round, None)
+        answer(Ack::Accepted { round })
     }
 
     /// An acceptance (Paxos accepted) of our proposal or decision, or a refusal.
-    pub(super) fn on_accepted(&mut self, now: u64, rid: RequestId, a: AcceptReply) {
-        let AcceptReply { from, accepted, holder, round: their_round, reply } = a;
+    pub(super) fn on_accepted(&mut self, now: u64, accepted: Accepted) {
+        let Accepted { rid, from, ack } = accepted;
         let me = self.cfg.id;
         let quorum = self.table.quorum();
-        if !accepted {
-            if let Some(reply) = reply {
-                self.adopt(now, rid, reply, from);
-                return;
-            }
+        if let Ack::Decided { reply } = ack {
+            self.adopt(now, rid, reply, from);
+            return;
         }
         let Some(e) = self.requests.get_mut(&rid) else { return };
-        match &mut e.state {
-            State::Accepting { proposal, acks, .. } if their_round == proposal.round && accepted => {
+        match (&mut e.state, ack) {
+            (State::Accepting { proposal, acks, .. }, Ack::Accepted { round }) if round == proposal.round => {
                 acks.insert(from);
                 if acks.len() + 1 >= quorum {
                     let proposal = proposal.clone();
                     self.decide(now, rid, proposal);
                 }
             }
-            State::Accepting { proposal, .. } if !accepted && their_round > proposal.round && their_round < DECIDED => {
+            (State::Accepting { proposal, .. }, Ack::Refused { round, holder }) if round > proposal.round => {
                 // A majority may have promised a higher round: our proposal stays accepted here
                 // (the new holder learns it from our vote); we wait for that holder.
-                e.max_round = e.max_round.max(their_round);
-                self.log(format!("proposal for {rid} refused: round {their_round} is running"));
+                e.max_round = e.max_round.max(round);
+                self.log(format!("proposal for {rid} refused: round {round} is running"));
                 match holder.filter(|&h| h != me && self.table.is_live(now, h)) {
-                    Some(h) => self.set_state(now, rid, State::Following { holder: h, round: their_round }),
+                    Some(h) => self.set_state(now, rid, State::Following { holder: h, round }),
                     None => self.rewait(now, rid),
                 }
             }
-            State::Deciding { acks, .. } if their_round == DECIDED && accepted => {
+            (State::Deciding { acks, .. }, Ack::Applied) => {
                 acks.insert(from);
                 if self.decision_spread(now, rid) {
                     self.finish_decision(now, rid);

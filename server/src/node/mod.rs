@@ -23,7 +23,7 @@
 //!    for it (to every voter on retransmission); a server accepts unless it voted in a higher
 //!    round. Executing writes nothing: the records are applied when decided;
 //! 4. once a majority accepted, the request is decided: the decider applies the records and
-//!    announces the decision (`Accept` in round [`DECIDED`]: a decision) to every server, which applies the
+//!    announces the decision (a [`Decision`]) to every server, which applies the
 //!    records too. The client gets the reply once a majority applied them (so its next request
 //!    reads them) and every live server did or the claim timeout passed — at once if nothing is
 //!    written. A server that knows the decision answers retries and claims with it, and the
@@ -42,12 +42,12 @@
 //!
 //! The code uses Paxos's words; the wire keeps the project's first names (serde renames):
 //! `Prepare` is "Claim", `Promise` "ClaimAck", `Accept` "Done", `Accepted` "DoneAck", and the
-//! client's `Started` is "Accepted". Message fields are reused where the protocol has no
-//! dedicated shape: a granted `Promise` echoes the prepare's round in `round` and reports the
-//! voter's accepted proposal with its reply in `reply`, its record in `record` and its round in
-//! `holder`; a refused one carries the decided reply and record if the voter knows the
-//! decision; an `Accept` with round [`DECIDED`] announces a decision. (Directory operations
-//! write at most the request's user's record, so one record carries a proposal's write.)
+//! client's `Started` is "Accepted". The wire reuses message fields where the protocol has no
+//! dedicated shape (a granted `Promise` carries the voter's accepted round in `holder`; a
+//! decision is an `Accept` in round `DECIDED`); the handlers never see that: they take and
+//! give the typed messages of [`wire`], converted where messages come in (`on_server_message`)
+//! and go out. (Directory operations write at most the request's user's record, so one record
+//! carries a proposal's write.)
 
 mod announce;
 mod decision;
@@ -55,6 +55,7 @@ mod outbox;
 mod paxos;
 mod status;
 mod table;
+pub mod wire;
 
 use crate::directory::Directory;
 use crate::election::{load_figure, LoadTable, Policy, FAILED};
@@ -71,8 +72,7 @@ use common::protocol::{
 use common::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-
-pub use common::protocol::DECIDED;
+use wire::{Accept, Accepted, Ack, Ballot, Claimer, Decision, Paxos, Prepare, Promise, Report, MAX_ROUND};
 
 /// A waiting request is ranked again with the current load table this long after a claim's
 /// first retransmission would have reached it, ms: a server whose copy of the winner's claim
@@ -96,27 +96,6 @@ pub const LATER_WAIT_MS: u64 = 10;
 pub const EARLY_ANNOUNCE_WORK: u32 = 3;
 /// Shortest time between two early announcements, ms.
 pub const EARLY_ANNOUNCE_MS: u64 = 50;
-
-/// A claim of a request, as the votes weigh it: who, in which round, and whether the claimer
-/// was first in the ranking it made when the request arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claimer {
-    /// The claiming server.
-    pub by: ServerId,
-    /// Its round.
-    pub round: u32,
-    /// It claims as the winner of its arrival ranking, not on a re-ranking or a timeout.
-    pub first: bool,
-}
-
-impl Claimer {
-    /// Does this claim win against `other`, a claim of the same round? A claim made as the
-    /// arrival ranking's winner beats one made on a re-ranking (whose newer figures the others
-    /// may not hold yet), then the lower id wins.
-    fn beats(&self, other: &Claimer) -> bool {
-        (self.first, std::cmp::Reverse(self.by)) > (other.first, std::cmp::Reverse(other.by))
-    }
-}
 
 /// Who a message comes from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -695,22 +674,12 @@ impl Node {
                     self.release_held_by(now, s);
                 }
             }
-            Msg::Prepare { rid, by, round, op, reply_to, first } => {
-                self.on_prepare(now, rid, Claimer { by, round, first }, op, reply_to)
-            }
-            promise @ Msg::Promise { .. } => self.on_promise(now, promise),
-            Msg::Accept { rid, by, round, reply, records } => {
-                let unhurried = round == DECIDED && records.is_empty();
-                let ack = self.on_accept(now, rid, by, round, reply, records);
-                if unhurried {
-                    // Nobody waits on it: the client has its reply (nothing was written).
-                    self.send_later(now, s, ack);
-                } else {
-                    self.send(Peer::Server(s), ack);
+            msg @ (Msg::Prepare { .. } | Msg::Promise { .. } | Msg::Accept { .. } | Msg::Accepted { .. }) => {
+                let kind = msg.kind();
+                match Paxos::try_from(msg) {
+                    Ok(paxos) => self.on_paxos(now, s, paxos),
+                    Err(why) => self.log(format!("dropped {kind} from server {s}: {why}")),
                 }
-            }
-            Msg::Accepted { rid, from, accepted, holder, round, reply } => {
-                self.on_accepted(now, rid, AcceptReply { from, accepted, holder, round, reply })
             }
             Msg::Record { record, .. } => self.apply_record(record),
             Msg::Token { round, .. } => {
@@ -721,16 +690,29 @@ impl Node {
             other => self.log(format!("dropped {} from server {s}: not a server message", other.kind())),
         }
     }
-}
 
-/// An `Accepted`'s fields: whether `from` accepted the proposal of `round` (or, refusing, the
-/// higher round that holds the request and its holder, or the reply already decided).
-struct AcceptReply {
-    from: ServerId,
-    accepted: bool,
-    holder: Option<ServerId>,
-    round: u32,
-    reply: Option<Reply>,
+    fn on_paxos(&mut self, now: u64, s: ServerId, msg: Paxos) {
+        match msg {
+            Paxos::Prepare(prepare) => self.on_prepare(now, prepare),
+            Paxos::Promise(promise) => self.on_promise(now, promise),
+            Paxos::Accept(accept) => {
+                let ack = self.on_accept(now, accept);
+                self.send(Peer::Server(s), ack.into());
+            }
+            Paxos::Decision(decision) => {
+                // Nobody waits on the acknowledgement of a decision that wrote nothing: the
+                // client has its reply.
+                let unhurried = decision.records.is_empty();
+                let ack = self.on_decision(now, decision);
+                if unhurried {
+                    self.send_later(now, s, ack.into());
+                } else {
+                    self.send(Peer::Server(s), ack.into());
+                }
+            }
+            Paxos::Accepted(accepted) => self.on_accepted(now, accepted),
+        }
+    }
 }
 
 /// True for replies small enough to share a batch (not the lists a read may return).
@@ -741,6 +723,3 @@ fn small(reply: &Reply) -> bool {
         Err(e) => e.len() <= 1024,
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -101,7 +101,7 @@ impl Node {
             return;
         }
         let (Some(op), Some(reply_to)) = (e.op.clone(), e.reply_to) else { return };
-        let round = e.max_round.max(e.vote.round).saturating_add(1).min(DECIDED - 1);
+        let round = e.max_round.max(e.vote.round).saturating_add(1).min(MAX_ROUND);
         e.vote.round = round;
         e.vote.holder = me;
         let best = e.vote.accepted.clone();
@@ -123,7 +123,7 @@ impl Node {
         // The first responders get the claim at once; the other voters when convenient (it
         // rides with the next message to them, or goes after `LATER_WAIT_MS`), and not at all
         // if the request is decided before: then the decision is all they need to hear.
-        let claim = Msg::Prepare { rid, by: me, round, op, reply_to, first };
+        let claim = Msg::from(Prepare { rid, claimer: Claimer { by: me, round, first }, op, reply_to });
         let first = self.responders(now, me);
         let enough = first.len() + 1 >= self.table.quorum();
         for to in self.table.voters() {
@@ -150,53 +150,33 @@ impl Node {
         (e.vote.round > 0 && (e.vote.holder != self.cfg.id || mine_in_use)).then_some(e.vote.holder)
     }
 
-    /// What this server answers to a claim of `rid` by `by` in `round`, updating its vote.
-    pub(super) fn vote(&mut self, now: u64, rid: RequestId, claimer: Claimer) -> Msg {
+    /// What this server answers to a claim of `rid` by `claimer`, updating its vote.
+    pub(super) fn vote(&mut self, now: u64, rid: RequestId, claimer: Claimer) -> Promise {
         let me = self.cfg.id;
         let Claimer { by, round, .. } = claimer;
-        let refuse = |holder: Option<ServerId>, round: u32, firm: bool, reply: Option<Reply>, record| Msg::Promise {
-            rid,
-            from: me,
-            granted: false,
-            holder,
-            round,
-            firm,
-            reply,
-            record,
-        };
-        let Some(e) = self.requests.get(&rid) else { return refuse(None, 0, false, None, None) };
+        let answer = |round: u32, ballot: Ballot| Promise { rid, from: me, round, ballot };
+        let refuse = |holder: Option<ServerId>, round: u32, firm: bool| answer(round, Ballot::Refused { holder, firm });
+        let Some(e) = self.requests.get(&rid) else { return refuse(None, 0, false) };
         if let Some(reply) = e.state.decided() {
             let record = e.vote.accepted.as_ref().and_then(|p| p.records.first()).cloned();
-            return refuse(Some(reply.server), e.vote.round, true, Some(reply.clone()), record);
+            return answer(e.vote.round, Ballot::Decided { reply: reply.clone(), record });
         }
         let grant = match &e.state {
-            State::Executing { round: r } => return refuse(Some(me), *r, true, None, None),
-            State::Accepting { proposal, .. } => return refuse(Some(me), proposal.round, true, None, None),
+            State::Executing { round: r } => return refuse(Some(me), *r, true),
+            State::Accepting { proposal, .. } => return refuse(Some(me), proposal.round, true),
             State::Claiming { round: r, first, .. } => {
                 round > *r || (round == *r && claimer.beats(&Claimer { by: me, round: *r, first: *first }))
             }
             _ => round > e.vote.round || (round == e.vote.round && by == e.vote.holder),
         };
         if !grant {
-            return refuse(self.promise_holder(e), e.vote.round, false, None, None);
+            return refuse(self.promise_holder(e), e.vote.round, false);
         }
         // A grant echoes the claim's round (a late grant must not count for a later round) and
-        // reports our accepted proposal: its round in `holder`, its reply and record.
-        let ack = match &e.vote.accepted {
-            Some(p) => Msg::Promise {
-                rid,
-                from: me,
-                granted: true,
-                holder: Some(p.round),
-                round,
-                firm: false,
-                reply: Some(p.reply.clone()),
-                record: p.records.first().cloned(),
-            },
-            None => {
-                let record = e.op.as_ref().and_then(|op| op.user()).and_then(|u| self.dir.get(u)).cloned();
-                Msg::Promise { rid, from: me, granted: true, holder: None, round, firm: false, reply: None, record }
-            }
+        // reports our accepted proposal, or else our record of the request's user.
+        let report = match &e.vote.accepted {
+            Some(p) => Report::Accepted { round: p.round, reply: p.reply.clone(), record: p.records.first().cloned() },
+            None => Report::Record(e.op.as_ref().and_then(|op| op.user()).and_then(|u| self.dir.get(u)).cloned()),
         };
         if matches!(e.state, State::Claiming { .. }) {
             self.log(format!("yielding {rid} to server {by} (round {round})"));
@@ -206,15 +186,12 @@ impl Node {
             e.vote.holder = by;
         }
         self.set_state(now, rid, State::Following { holder: by, round });
-        ack
+        answer(round, Ballot::Granted(report))
     }
 
-    pub(super) fn on_prepare(&mut self, now: u64, rid: RequestId, claimer: Claimer, op: Op, reply_to: SocketAddr) {
-        let Claimer { by, round, .. } = claimer;
-        if round == 0 || round == DECIDED {
-            self.log(format!("dropped claim of {rid} by server {by}: bad round {round}"));
-            return;
-        }
+    pub(super) fn on_prepare(&mut self, now: u64, prepare: Prepare) {
+        let Prepare { rid, claimer, op, reply_to } = prepare;
+        let by = claimer.by;
         if !self.requests.contains_key(&rid) {
             // The request reaches us first by the claim: we rank it now, as on arrival.
             let table = self.table.snapshot(now);
@@ -230,15 +207,15 @@ impl Node {
                 e.op = Some(op);
             }
         }
-        let repeat = self.requests.get(&rid).is_some_and(|e| e.vote.round == round && e.vote.holder == by);
+        let repeat = self.requests.get(&rid).is_some_and(|e| e.vote.round == claimer.round && e.vote.holder == by);
         let answer = self.vote(now, rid, claimer);
         // A grant the claimer does not wait for stays unsent the first time (the promise is
         // kept all the same); a repeat of the claim is answered.
-        let granted = matches!(answer, Msg::Promise { granted: true, .. });
+        let granted = matches!(answer.ballot, Ballot::Granted(_));
         if granted && !repeat && !self.responders(now, by).contains(&self.cfg.id) {
             return;
         }
-        self.send(Peer::Server(by), answer);
+        self.send(Peer::Server(by), answer.into());
     }
 
     /// The servers whose votes a claim by `claimer` waits for first: the live servers heard
@@ -262,54 +239,54 @@ impl Node {
         ids
     }
 
-    pub(super) fn on_promise(&mut self, now: u64, msg: Msg) {
-        let Msg::Promise { rid, from, granted, holder, round: their_round, firm, reply, record } = msg else { return };
+    pub(super) fn on_promise(&mut self, now: u64, promise: Promise) {
+        let Promise { rid, from, round: their_round, ballot } = promise;
         let me = self.cfg.id;
         let quorum = self.table.quorum();
-        if !granted {
-            if let Some(reply) = reply {
-                // The voter knows the decision: adopt it, whatever we are doing.
-                if let Some(record) = record {
-                    self.apply_record(record);
-                }
-                self.adopt(now, rid, reply, from);
-                return;
+        if let Ballot::Decided { reply, record } = ballot {
+            // The voter knows the decision: adopt it, whatever we are doing.
+            if let Some(record) = record {
+                self.apply_record(record);
             }
+            self.adopt(now, rid, reply, from);
+            return;
         }
         let Some(e) = self.requests.get_mut(&rid) else { return };
-        if !granted && their_round < DECIDED {
+        if let Ballot::Refused { .. } = ballot {
             e.max_round = e.max_round.max(their_round);
         }
         let State::Claiming { round, votes, answered, best, first, .. } = &mut e.state else { return };
         let (round, first) = (*round, *first);
         answered.insert(from);
-        if granted {
-            if their_round != round {
-                return; // a vote for an earlier round of ours
-            }
-            match reply {
-                Some(reply) => {
-                    // The voter accepted this proposal (in round `holder`): a candidate we must
-                    // propose if it is the highest-round one among our votes.
-                    let accepted_in = holder.unwrap_or(0);
-                    if best.as_ref().is_none_or(|b| b.round < accepted_in) {
-                        *best = Some(Proposal { round: accepted_in, reply, records: record.into_iter().collect() });
-                    }
+        let (holder, firm) = match ballot {
+            Ballot::Granted(report) => {
+                if their_round != round {
+                    return; // a vote for an earlier round of ours
                 }
-                None => {
-                    if let Some(record) = record {
+                match report {
+                    // The voter accepted this proposal: a candidate we must propose if it is the
+                    // highest-round one among our votes.
+                    Report::Accepted { round: accepted_in, reply, record } => {
+                        if best.as_ref().is_none_or(|b| b.round < accepted_in) {
+                            *best = Some(Proposal { round: accepted_in, reply, records: record.into_iter().collect() });
+                        }
+                    }
+                    Report::Record(Some(record)) => {
                         if self.dir.apply(record) {
                             self.dirty = true;
                         }
                     }
+                    Report::Record(None) => {}
                 }
+                votes.insert(from);
+                if votes.len() + 1 >= quorum {
+                    self.on_quorum(now, rid);
+                }
+                return;
             }
-            votes.insert(from);
-            if votes.len() + 1 >= quorum {
-                self.on_quorum(now, rid);
-            }
-            return;
-        }
+            Ballot::Refused { holder, firm } => (holder, firm),
+            Ballot::Decided { .. } => return, // adopted above
+        };
         let live = holder.filter(|&h| h != me && self.table.is_live(now, h));
         match live {
             // A higher round, or an executor of our round, or a lower id of our round while we

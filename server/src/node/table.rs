@@ -28,15 +28,15 @@ impl Node {
                 if acks.len() + 1 >= self.table.quorum() {
                     self.decide(now, rid, proposal);
                 } else if now >= last + self.cfg.retransmit {
-                    let round = proposal.round;
-                    self.resend_accept(now, rid, round, proposal, &acks);
+                    self.resend(now, rid, Accept { rid, by: self.cfg.id, proposal }.into(), &acks);
                 }
             }
             State::Deciding { proposal, acks, last, .. } => {
                 if self.decision_spread(now, rid) {
                     self.finish_decision(now, rid);
                 } else if now >= last + self.cfg.retransmit {
-                    self.resend_accept(now, rid, DECIDED, proposal, &acks);
+                    let Proposal { reply, records, .. } = proposal;
+                    self.resend(now, rid, Decision { rid, by: self.cfg.id, reply, records }.into(), &acks);
                 }
             }
             State::Executing { .. } | State::Decided { .. } => {}
@@ -94,18 +94,17 @@ impl Node {
             let request = self.requests.get(&rid).map(|e| (e.op.clone(), e.reply_to));
             if let Some((Some(op), Some(reply_to))) = request {
                 let missing: Vec<ServerId> = self.table.voters().into_iter().filter(|p| !votes.contains(p)).collect();
-                self.multicast(missing, &Msg::Prepare { rid, by: self.cfg.id, round, op, reply_to, first });
+                let claimer = Claimer { by: self.cfg.id, round, first };
+                self.multicast(missing, &Prepare { rid, claimer, op, reply_to }.into());
             }
             self.touch(rid, now);
         }
     }
 
-    /// Sends our proposal (or, in round `DECIDED`, the decision) again to the voters that have
-    /// not acknowledged it.
-    fn resend_accept(&mut self, now: u64, rid: RequestId, round: u32, proposal: Proposal, acks: &BTreeSet<ServerId>) {
+    /// Sends our proposal or our decision again to the voters that have not acknowledged it.
+    fn resend(&mut self, now: u64, rid: RequestId, msg: Msg, acks: &BTreeSet<ServerId>) {
         let missing: Vec<ServerId> = self.table.voters().into_iter().filter(|p| !acks.contains(p)).collect();
-        let accept = Msg::Accept { rid, by: self.cfg.id, round, reply: proposal.reply, records: proposal.records };
-        self.multicast(missing, &accept);
+        self.multicast(missing, &msg);
         self.touch(rid, now);
     }
 
