@@ -35,10 +35,15 @@
 //! reply=S`; `Batch [MSG; MSG]`. `reply=S` is the reply server S executed (for an injected
 //! one: a registration's answer with the secret `tS`, or `Done`), `record=S` the user's record
 //! as server S wrote it; `by=B` or `from=F` names a sender other than the link's.
+//!
+//! In an idle cluster the request id breaks the tie of load (`server::election::tie_key`), so
+//! the scripts pick their request ids by who should win: `c1 2` is ranked 1, 2, 3 and `c1 3`
+//! 1, 3, 2 (server 1 wins both; `request_ids_rank_as_the_scripts_need` pins it).
 
 use common::config::ServerId;
-use common::protocol::{Answer, Msg, Op, Reply, RequestId, UserRecord, Version};
+use common::protocol::{Answer, Msg, Op, PeerView, Reply, RequestId, UserRecord, Version};
 use common::rng::Rng;
+use server::election::{rank, Policy};
 use server::node::wire::{Accept, Accepted, Ack, Ballot, Claimer, Decision, Paxos, Prepare, Promise, Report};
 use server::node::{Input, Node, NodeConfig, Output, Peer, SIM_WALL_BASE};
 use server::store::Saved;
@@ -677,4 +682,15 @@ fn scenario_scripts_print_the_expected_traces() {
         }
     }
     assert!(failed.is_empty(), "{}\n(UPDATE_SCRIPTS=1 rewrites the traces; read the diff)", failed.join("\n"));
+}
+
+/// The scripts' request ids win where their comments say: at idle, server 1 wins `c1 2` (then
+/// 2, then 3: 02_takeover.txt's order) and `c1 3`. A change of the tie rule fails here by name,
+/// not only as different traces.
+#[test]
+fn request_ids_rank_as_the_scripts_need() {
+    let idle: Vec<PeerView> = (1..=3).map(|id| PeerView { id, load: 0, live: true }).collect();
+    let ranked = |seq| rank(&idle, Policy::LeastLoad, RequestId { client: 1, seq });
+    assert_eq!(ranked(2), [1, 2, 3]);
+    assert_eq!(ranked(3), [1, 3, 2]);
 }
