@@ -38,6 +38,7 @@ supervise() {
         while [ ! -e "$again" ] && [ ! -e "$RUN_DIR/stopping" ]; do sleep 0.2; done
         [ -e "$again" ] && rm -f "$again" && echo "[server $id] restarting"
     done
+    rm -f "$RUN_DIR/server-$id.supervisor"
 }
 
 servers() {

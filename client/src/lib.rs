@@ -15,3 +15,4 @@ pub mod store;
 pub mod transfer_bench;
 pub mod transfer_lab;
 pub mod watch;
+pub mod web;

@@ -2,12 +2,14 @@
 //! as `Msg::Operator` in a frame tagged under the cluster key to the server's `peer_addr`
 //! (resent until answered, the same nonce each time, so the server does it once), and the
 //! server's `Msg::OperatorReply`, tagged under the same key, is the answer. Only a machine
-//! that holds the cluster key can do this; the key is read, never created, here.
+//! that holds the cluster key can do this; the key is read, never created, here. [`Action`]
+//! adds what a cluster started by `./run.sh` also allows: kill and restart.
 
+use crate::rundir::RunDir;
 use common::auth::{decode_at_server, encode_server, wall_ms};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::{self, Key};
-use common::operator::OperatorCmd;
+use common::operator::{OperatorCmd, USAGE};
 use common::protocol::{Frame, Msg};
 use common::rng::Rng;
 use std::io::ErrorKind;
@@ -88,6 +90,50 @@ impl Operator {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Every command `ctl` and the dashboard accept, as the usage line shows them.
+pub fn commands() -> String {
+    format!("{USAGE} | kill | restart")
+}
+
+/// What the operator can do to one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A command the server does (under the cluster key).
+    Server(OperatorCmd),
+    /// SIGKILL it (a cluster started by `./run.sh`).
+    Kill,
+    /// Start it again (a cluster started by `./run.sh`).
+    Restart,
+}
+
+impl Action {
+    /// Parses the words of a command; the error names the valid commands.
+    pub fn parse(words: &[&str]) -> Result<Action, String> {
+        match words {
+            ["kill"] => Ok(Action::Kill),
+            ["restart"] => Ok(Action::Restart),
+            _ => OperatorCmd::parse(words).map(Action::Server).map_err(|e| format!("{e}; commands: {}", commands())),
+        }
+    }
+
+    /// Does it to server `id`: the answer, or the error (a server's command waits up to `wait`
+    /// for the answer; a restart at least 10 s for the new process).
+    pub fn run(
+        &self,
+        id: ServerId,
+        operator: &Result<Operator, String>,
+        run: Option<&RunDir>,
+        wait: Duration,
+    ) -> Result<String, String> {
+        let run = || run.ok_or("kill and restart work on a cluster started by ./run.sh (its run folder is unknown)");
+        match self {
+            Action::Server(cmd) => operator.as_ref().map_err(Clone::clone)?.send(id, *cmd, wait),
+            Action::Kill => run()?.kill(id),
+            Action::Restart => run()?.restart(id, Duration::from_secs(10).max(wait)),
         }
     }
 }

@@ -4,11 +4,10 @@
 //! a cluster started by `./run.sh` through its run folder. Exit 0 with the answer, 1 on an
 //! error or no answer (after `--wait-ms`), 2 on a mistake in the command line.
 
-use client::operator::Operator;
+use client::operator::{commands, Action, Operator};
 use client::rundir::RunDir;
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, ServerId, EXIT_USAGE};
-use common::operator::{OperatorCmd, USAGE};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,38 +22,9 @@ Usage: ctl [OPTIONS] ID|all COMMAND\n\
 Commands: down [SECONDS] | up | simulate on|off | status (need the cluster key);\n          \
 kill | restart (a cluster started by ./run.sh: SIGKILL, start again)";
 
-/// Every command `ctl` accepts.
-fn commands() -> String {
-    format!("{USAGE} | kill | restart")
-}
-
 fn fail(msg: &str) -> ! {
     eprintln!("ctl: {msg}");
     std::process::exit(EXIT_USAGE)
-}
-
-/// What `ctl` was asked to do.
-enum Action {
-    Server(OperatorCmd),
-    Kill,
-    Restart,
-}
-
-impl Action {
-    /// Does it for server `id`: the answer or the error.
-    fn run(
-        &self,
-        id: ServerId,
-        operator: &Result<Operator, String>,
-        run: &RunDir,
-        wait: Duration,
-    ) -> Result<String, String> {
-        match self {
-            Action::Server(cmd) => operator.as_ref().map_err(Clone::clone)?.send(id, *cmd, wait),
-            Action::Kill => run.kill(id),
-            Action::Restart => run.restart(id, Duration::from_secs(10).max(wait)),
-        }
-    }
 }
 
 fn main() {
@@ -78,14 +48,7 @@ fn main() {
     let Some((id, words)) = words.split_first() else {
         fail(&format!("usage: ctl [OPTIONS] ID|all COMMAND; commands: {}", commands()))
     };
-    let action = match words {
-        ["kill"] => Action::Kill,
-        ["restart"] => Action::Restart,
-        _ => match OperatorCmd::parse(words) {
-            Ok(cmd) => Action::Server(cmd),
-            Err(e) => fail(&format!("{e}; commands: {}", commands())),
-        },
-    };
+    let action = Action::parse(words).unwrap_or_else(|e| fail(&e));
     let cfg_path = args.get("config").unwrap_or("cluster.json");
     let cfg = ClusterConfig::load(Path::new(cfg_path)).unwrap_or_else(|e| fail(&e));
     let ids: Vec<ServerId> = match *id {
@@ -100,7 +63,7 @@ fn main() {
     let operator = Operator::new(&cfg);
     let mut failed = false;
     for id in &ids {
-        match action.run(*id, &operator, &run, wait) {
+        match action.run(*id, &operator, Some(&run), wait) {
             Ok(text) => println!("{}", text.trim_end()),
             Err(e) => {
                 let prefix = if ids.len() > 1 { format!("server {id}: ") } else { String::new() };
