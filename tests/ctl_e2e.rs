@@ -13,8 +13,8 @@ use common::operator::OperatorCmd;
 use common::protocol::{encode_msg, Frame, Msg};
 use std::net::UdpSocket;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-use support::{cluster_with, status_once};
+use std::time::Duration;
+use support::{cluster_with, status_once, wait_until};
 
 fn ctl(config: &std::path::Path, args: &[&str]) -> Output {
     Command::new(sibling_binary("ctl").expect("ctl")).arg("--config").arg(config).args(args).output().expect("ctl runs")
@@ -22,18 +22,6 @@ fn ctl(config: &std::path::Path, args: &[&str]) -> Output {
 
 fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// Polls `f` every 100 ms until it is true or `timeout` passes.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    true
 }
 
 fn server_2_line(table: &str) -> String {

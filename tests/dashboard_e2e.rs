@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ensure_built, test_dir};
+use support::{ensure_built, test_dir, wait_until};
 
 /// The processes this test started; stopped (and checked gone) on drop, also on failure.
 struct Procs {
@@ -118,18 +118,6 @@ fn card(dom: &str, id: u32) -> &str {
     let start = dom.find(&format!("id=\"server-{id}\"")).unwrap_or(dom.len());
     let end = dom[start..].find("</section>").map_or(dom.len(), |e| start + e);
     &dom[start..end]
-}
-
-/// Polls `f` every 200 ms until it is true or `timeout` passes.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    true
 }
 
 fn state(addr: SocketAddr, token: &str) -> serde_json::Value {
