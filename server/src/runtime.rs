@@ -1,10 +1,11 @@
 //! The thread shell around the node state machine: two blocking UDP sockets (clients, servers)
 //! each with a receive thread, the worker pool, the load thread, a timer thread and an
-//! operator thread reading stdin (operator commands also come as `Msg::Operator` frames under
-//! the cluster key on the servers' port, from `ctl` and the dashboard, and are answered there). The node, the heavy-request services and the store sit behind
-//! one lock ([`Server`]); whichever thread has something to handle takes the lock and handles
-//! it to the end: it feeds the node the event and the time, saves the directory before anything
-//! that depends on it is sent, and sends what the node returns.
+//! operator thread reading stdin (operator commands also come from `ctl` and the dashboard as
+//! `Msg::Operator` frames under the cluster key on the servers' port, and are answered there).
+//! The node, the heavy-request services and the store sit behind one lock ([`Server`]);
+//! whichever thread has something to handle takes the lock and handles it to the end: it feeds
+//! the node the event and the time, saves the directory before anything that depends on it is
+//! sent, and sends what the node returns.
 
 use crate::election::Policy;
 use crate::keys::BadTags;
@@ -717,6 +718,19 @@ pub fn status_table(node: &Node, now: u64) -> String {
 mod tests {
     use super::*;
     use common::protocol::{Reply, RequestId};
+
+    #[test]
+    fn operator_answers_are_kept_for_copies_and_bounded() {
+        let mut a = Answered::default();
+        for nonce in 0..(ANSWERS_KEPT as u64 + 10) {
+            a.keep(nonce, Ok(format!("did {nonce}")));
+        }
+        a.keep(300, Err("again".into()));
+        assert_eq!(a.get(0), None, "the oldest are forgotten");
+        assert_eq!(a.get(20), Some(Ok("did 20".into())));
+        assert_eq!(a.get(300), Some(Err("again".into())));
+        assert!(a.by_nonce.len() <= ANSWERS_KEPT && a.order.len() <= ANSWERS_KEPT);
+    }
 
     #[test]
     fn a_batch_too_large_for_a_datagram_goes_message_by_message() {
