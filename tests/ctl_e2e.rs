@@ -28,6 +28,7 @@ fn server_2_line(table: &str) -> String {
     table.lines().find(|l| l.starts_with("2 ")).unwrap_or_default().to_string()
 }
 
+// Long on purpose: one cluster, the commands in order, each on the state the one before left.
 #[test]
 fn ctl_answers_where_it_was_typed_and_fails_loudly() {
     // Nobody's turn comes while the simulation is on for a moment.

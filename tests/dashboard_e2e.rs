@@ -132,6 +132,8 @@ fn run_sh(config: &Path, run_dir: &Path) -> Command {
     cmd
 }
 
+// Long on purpose: one story in order (start, look, simulate, kill, restart), each step on the
+// state the one before left.
 #[test]
 fn the_dashboard_in_a_browser_follows_the_cluster_and_commands_it() {
     ensure_built();
