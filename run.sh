@@ -7,7 +7,8 @@
 #                              while a cluster of this RUN_DIR or these addresses runs
 #   ./run.sh server ID [OPTIONS]   build and run only server ID in the foreground (one machine of several)
 #   ./run.sh client NAME       start a client (registers NAME on first run); pipe commands or type them
-#   ./run.sh ctl ID COMMAND    send an operator command to a running server: down [SECONDS] | up | simulate on|off | status
+#   ./run.sh ctl ID COMMAND    operator command to a server (ID or all): down [SECONDS] | up | simulate on|off | status | kill | restart
+#   ./run.sh dashboard [ADDR]  the cluster on a web page (default 127.0.0.1:7300; prints its URL with its token)
 #   ./run.sh status [--once]   live table of every server: up/down, load, elections won, online users
 #   ./run.sh key               print the cluster key (64 hex digits; creates the key file if missing)
 #   CONFIG=other.json ./run.sh ...   use another config (RUN_DIR=DIR: where the control files are)
@@ -57,22 +58,35 @@ answering() {
         | awk '$1 ~ /^[0-9]+$/ && $2 == "up" { printf "%s ", $1 }'
 }
 
+# Runs server $1 (its pid in RUN_DIR/server-ID.pid), and again whenever `ctl ID restart` asks
+# (RUN_DIR/server-ID.restart), until RUN_DIR/stopping appears.
+supervise() {
+    local id=$1 ctl="$RUN_DIR/server-$1.ctl" pidf="$RUN_DIR/server-$1.pid" again="$RUN_DIR/server-$1.restart"
+    shift
+    rm -f "$ctl" "$again" "$pidf" && mkfifo "$ctl"
+    echo "$BASHPID" > "$RUN_DIR/server-$id.supervisor"
+    while [ ! -e "$RUN_DIR/stopping" ]; do
+        # The control FIFO is opened read-write so the server never sees end-of-file on it.
+        ( exec 3<>"$ctl"; echo "$BASHPID" > "$pidf"; exec target/release/server --id "$id" --config "$CONFIG" "$@" <&3 2>&1 ) \
+            | ( trap '' INT; exec sed -u "s/^/[server $id] /" ) || true   # killed: wait for a restart
+        rm -f "$pidf"
+        while [ ! -e "$again" ] && [ ! -e "$RUN_DIR/stopping" ]; do sleep 0.2; done
+        [ -e "$again" ] && rm -f "$again" && echo "[server $id] restarting"
+    done
+    rm -f "$RUN_DIR/server-$id.supervisor"
+}
+
 servers() {
     build
     mkdir -p "$RUN_DIR"
     refuse_if_running
     local ids_started
     ids_started=$(ids | tr '\n' ' ')
+    rm -f "$RUN_DIR/stopping"
     for id in $ids_started; do
-        local ctl="$RUN_DIR/server-$id.ctl"
-        rm -f "$ctl" && mkfifo "$ctl"
-        # The control FIFO is opened read-write so the server never sees end-of-file on it. The
-        # line prefixer ignores Ctrl-C: it ends when its server does, after the server's last words.
-        ( echo "$BASHPID" >"$RUN_DIR/server-$id.pid"; exec 3<>"$ctl"
-          exec target/release/server --id "$id" --config "$CONFIG" "$@" <&3 2>&1 ) \
-            | ( trap '' INT; exec sed -u "s/^/[server $id] /" ) &
+        supervise "$id" "$@" &
     done
-    trap 'for id in $ids_started; do kill -INT "$(cat "$RUN_DIR/server-$id.pid")" 2>/dev/null; done; wait' INT TERM
+    trap 'touch "$RUN_DIR/stopping"; for id in $ids_started; do kill -INT "$(cat "$RUN_DIR/server-$id.pid" 2>/dev/null)" 2>/dev/null; done; wait' INT TERM
     # Each server answers once it is bound (a probe sent before that is lost: ask again).
     local up missing tries=0
     while :; do
@@ -114,9 +128,12 @@ case "${1:-}" in
         build
         exec target/release/client --config "$CONFIG" --name "$2" "${@:3}" ;;
     ctl )
-        [ $# -ge 3 ] || { echo "usage: ./run.sh ctl ID down [SECONDS] | up | simulate on|off | status" >&2; exit 2; }
-        ctl="$RUN_DIR/server-$2.ctl"
-        [ -p "$ctl" ] || { echo "server $2 is not running from ./run.sh" >&2; exit 1; }
-        echo "${@:3}" > "$ctl" ;;
+        build
+        exec target/release/ctl --config "$CONFIG" --run-dir "$RUN_DIR" "${@:2}" ;;
+    dashboard )
+        build
+        exec target/release/status --config "$CONFIG" --run-dir "$RUN_DIR" --web "${2:-127.0.0.1:7300}" "${@:3}" ;;
+    -h | --help | help )
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
     * ) echo "unknown command $1 (see ./run.sh --help)" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod frame;
 pub mod log;
 pub mod names;
+pub mod operator;
 pub mod pathsim;
 pub mod preview;
 pub mod protocol;

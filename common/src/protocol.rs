@@ -7,6 +7,7 @@
 use crate::config::{ServerId, MAX_DATAGRAM};
 use crate::frame::FrameKind;
 use crate::names::{check_image_id, check_user};
+use crate::operator::{OperatorCmd, MAX_REPLY};
 use crate::transfer::TransferMsg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -487,6 +488,12 @@ pub enum Msg {
     Peer(Envelope),
     /// The recipient of envelope `id` got it.
     PeerAck { id: u64, from: String },
+    /// Operator → server, only in a frame tagged under the cluster key (the servers' port):
+    /// do `cmd`. `nonce` (random) names the command: a copy seen again is answered, not redone.
+    Operator { nonce: u64, cmd: OperatorCmd },
+    /// Server → operator, in a frame tagged under the cluster key: what command `nonce` did
+    /// (a line or a table), or why it failed.
+    OperatorReply { nonce: u64, server: ServerId, result: Result<String, String> },
 }
 
 impl Msg {
@@ -509,6 +516,8 @@ impl Msg {
             Msg::Batch { .. } => "Batch",
             Msg::Peer(_) => "Peer",
             Msg::PeerAck { .. } => "PeerAck",
+            Msg::Operator { .. } => "Operator",
+            Msg::OperatorReply { .. } => "OperatorReply",
         }
     }
 
@@ -528,8 +537,8 @@ impl Msg {
         }
     }
 
-    /// True for the messages only servers may send to each other (they must come in an
-    /// authenticated frame).
+    /// True for the messages only servers (and their operator, who holds the cluster key) may
+    /// send (they must come in an authenticated frame).
     pub fn server_only(&self) -> bool {
         !matches!(
             self,
@@ -751,6 +760,10 @@ pub fn validate(msg: &Msg) -> Result<(), WireError> {
         Msg::Peer(e) => check_envelope(e),
         Msg::PeerAck { from, .. } => check_user(from).map_err(WireError),
         Msg::Load { load, .. } if *load > 999 => bad("load above 999"),
+        Msg::Operator { cmd, .. } => cmd.validate().map_err(WireError),
+        Msg::OperatorReply { result: Ok(text) | Err(text), .. } if text.len() > MAX_REPLY => {
+            bad("operator reply too long")
+        }
         _ => Ok(()),
     }
 }

@@ -1,9 +1,11 @@
 //! The thread shell around the node state machine: two blocking UDP sockets (clients, servers)
 //! each with a receive thread, the worker pool, the load thread, a timer thread and an
-//! operator thread reading stdin. The node, the heavy-request services and the store sit behind
-//! one lock ([`Server`]); whichever thread has something to handle takes the lock and handles
-//! it to the end: it feeds the node the event and the time, saves the directory before anything
-//! that depends on it is sent, and sends what the node returns.
+//! operator thread reading stdin (operator commands also come from `ctl` and the dashboard as
+//! `Msg::Operator` frames under the cluster key on the servers' port, and are answered there).
+//! The node, the heavy-request services and the store sit behind one lock ([`Server`]);
+//! whichever thread has something to handle takes the lock and handles it to the end: it feeds
+//! the node the event and the time, saves the directory before anything that depends on it is
+//! sent, and sends what the node returns.
 
 use crate::election::Policy;
 use crate::keys::BadTags;
@@ -15,12 +17,13 @@ use crate::store::Store;
 use common::auth::{self, decode_at_server, encode_server};
 use common::config::{ClusterConfig, ServerId, MAX_DATAGRAM};
 use common::crypto::Key;
+use common::operator::{OperatorCmd, MAX_REPLY, USAGE};
 use common::protocol::{encode_attached, encode_msg, encode_xfer, Frame, Msg};
 use common::rng::Rng;
 use common::stego::Covers;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -62,8 +65,6 @@ pub enum Event {
     Attached { from: SocketAddr, msg: Msg, payload: Vec<u8> },
     /// A worker finished hiding an image for `client`.
     Worked { rid: common::protocol::RequestId, client: SocketAddr, result: Result<Vec<u8>, String> },
-    /// The operator asked for the status table.
-    PrintStatus,
     /// Ctrl-C: announce 999 and exit.
     Shutdown,
 }
@@ -211,6 +212,13 @@ fn spawn_receiver(
                     continue;
                 }
             };
+            if let (Frame::Ctl(Msg::Operator { nonce, cmd }), Some(_)) = (&frame, &peers) {
+                // The operator is no server: its tag under the cluster key is what counts.
+                if !server.operate_for(from, *nonce, *cmd) {
+                    return;
+                }
+                continue;
+            }
             let peer = match peers.as_mut() {
                 None => Peer::Client(from),
                 Some(p) => match p.identify(from, &frame, &who) {
@@ -247,39 +255,62 @@ fn spawn_receiver(
     Ok(())
 }
 
-/// The operator's commands on stdin; `down` without a time goes down for `down_ms` (the
-/// failure simulation's time down).
-fn spawn_operator(server: Arc<Server>, who: String, down_ms: u64) -> std::io::Result<()> {
+/// The operator's commands on stdin: the node logs what it does; `status` prints the table.
+fn spawn_operator(server: Arc<Server>, who: String) -> std::io::Result<()> {
     std::thread::Builder::new().name("operator".into()).spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             let Ok(line) = line else { return };
             let words: Vec<&str> = line.split_whitespace().collect();
-            let ev = match words.as_slice() {
-                [] => continue,
-                ["down"] => Event::Node(Input::Down { ms: down_ms }),
-                ["down", secs] => match secs.parse::<u64>() {
-                    Ok(s) => Event::Node(Input::Down { ms: s.saturating_mul(1000) }),
-                    Err(_) => {
-                        common::log::log(&who, "usage: down SECONDS");
-                        continue;
-                    }
-                },
-                ["up"] => Event::Node(Input::Up),
-                ["simulate", "on"] => Event::Node(Input::Simulate { on: true }),
-                ["simulate", "off"] => Event::Node(Input::Simulate { on: false }),
-                ["status"] => Event::PrintStatus,
-                _ => {
-                    common::log::log(&who, "commands: down [SECONDS] | up | simulate on|off | status");
+            if words.is_empty() {
+                continue;
+            }
+            let cmd = match OperatorCmd::parse(&words) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    common::log::log(&who, &format!("{e}; commands: {USAGE}"));
                     continue;
                 }
             };
-            if !server.deliver(ev) {
+            let (going, result) = server.operate(cmd);
+            if let (OperatorCmd::Status, Ok(table)) = (cmd, result) {
+                println!("{table}");
+            }
+            if !going {
                 return;
             }
         }
     })?;
     Ok(())
+}
+
+/// Operator commands answered lately, by nonce, at most [`ANSWERS_KEPT`]: a copy of one (the
+/// sender's retransmission, or a replay within the authentication window) is answered again,
+/// not done again.
+#[derive(Default)]
+struct Answered {
+    by_nonce: HashMap<u64, Result<String, String>>,
+    order: VecDeque<u64>,
+}
+
+/// Operator answers kept for copies.
+const ANSWERS_KEPT: usize = 256;
+
+impl Answered {
+    fn get(&self, nonce: u64) -> Option<Result<String, String>> {
+        self.by_nonce.get(&nonce).cloned()
+    }
+
+    fn keep(&mut self, nonce: u64, result: Result<String, String>) {
+        if self.by_nonce.insert(nonce, result).is_none() {
+            self.order.push_back(nonce);
+        }
+        while self.order.len() > ANSWERS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_nonce.remove(&old);
+            }
+        }
+    }
 }
 
 /// Runs a server until Ctrl-C.
@@ -328,17 +359,19 @@ pub fn run(opts: Options) -> Result<(), String> {
     let pool = Arc::new(Pool::new(opts.cfg.pool_size).map_err(err)?);
     let (done_tx, done_rx) = bounded::<()>(1);
     let shell = Shell {
+        id: opts.id,
         who: who.clone(),
         client_sock: client_sock.try_clone().map_err(err)?,
         peer_sock: peer_sock.try_clone().map_err(err)?,
         peer_addrs,
         key,
+        down_ms: opts.cfg.simulate_down_ms,
     };
     let covers = Arc::new(Covers::load_dir_or_builtin(std::path::Path::new(&opts.cfg.images_dir)));
     let services = services::Services::new(opts.id, &opts.cfg);
     let server = Arc::new_cyclic(|me: &Weak<Server>| {
         let workers = Workers { pool, covers, slow_ms: opts.slow_ms, server: me.clone() };
-        let core = Mutex::new(Core { node, services, store, stopped: false });
+        let core = Mutex::new(Core { node, services, store, stopped: false, answered: Answered::default() });
         Server { shell, start, done: done_tx, core, workers }
     });
 
@@ -352,7 +385,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     })
     .map_err(err)?;
     if opts.stdin {
-        spawn_operator(server.clone(), who.clone(), opts.cfg.simulate_down_ms).map_err(err)?;
+        spawn_operator(server.clone(), who.clone()).map_err(err)?;
     }
     let ctrl_server = server.clone();
     ctrlc::set_handler(move || {
@@ -373,21 +406,26 @@ pub fn run(opts: Options) -> Result<(), String> {
     Ok(())
 }
 
-/// What does not change while the server runs: its name, sockets, peers and cluster key.
+/// What does not change while the server runs: its name, sockets, peers, cluster key, and how
+/// long an operator `down` without a time lasts (the failure simulation's time down).
 struct Shell {
+    id: ServerId,
     who: String,
     client_sock: UdpSocket,
     peer_sock: UdpSocket,
     peer_addrs: HashMap<ServerId, SocketAddr>,
     key: Key,
+    down_ms: u64,
 }
 
-/// What changes, behind the server's one lock: the node, the services and the store.
+/// What changes, behind the server's one lock: the node, the services, the store and the
+/// operator's recent answers.
 struct Core {
     node: Node,
     services: services::Services,
     store: Store,
     stopped: bool,
+    answered: Answered,
 }
 
 /// A running server. Every thread that receives something (a datagram, a worker's result, a
@@ -465,7 +503,6 @@ impl Server {
             }
             Event::PeerAck(from, id) => core.services.on_peer_ack(from, id),
             Event::Worked { rid, client, result } => core.services.on_worked(now, rid, client, result),
-            Event::PrintStatus => println!("{}", status_table(&core.node, now)),
             Event::Shutdown => {
                 self.shell.log("Ctrl-C: announcing 999 and stopping");
                 let outs = core.node.step(now, Input::Shutdown);
@@ -478,6 +515,60 @@ impl Server {
         self.shell.feed_back(core, now);
         self.workers.run(core.services.take_jobs());
         (true, core.services.take_outbox())
+    }
+
+    /// Does an operator command: whether the server goes on, and what to tell the operator.
+    pub fn operate(&self, cmd: OperatorCmd) -> (bool, Result<String, String>) {
+        let mut guard = self.core.lock();
+        let (going, outbox, result) = self.operate_locked(&mut guard, cmd);
+        drop(guard);
+        self.shell.send_all(outbox);
+        (going, result)
+    }
+
+    /// An operator command that came over the network: done once per nonce, answered to `from`.
+    fn operate_for(&self, from: SocketAddr, nonce: u64, cmd: OperatorCmd) -> bool {
+        let mut guard = self.core.lock();
+        let (going, outbox, result) = match guard.answered.get(nonce) {
+            Some(result) => (!guard.stopped, Vec::new(), result),
+            None => {
+                self.shell.log(&format!("operator at {from}: {cmd}"));
+                let (going, outbox, result) = self.operate_locked(&mut guard, cmd);
+                guard.answered.keep(nonce, result.clone());
+                (going, outbox, result)
+            }
+        };
+        drop(guard);
+        self.shell.send_all(outbox);
+        self.shell.send_operator_reply(from, Msg::OperatorReply { nonce, server: self.shell.id, result });
+        going
+    }
+
+    fn operate_locked(&self, core: &mut Core, cmd: OperatorCmd) -> (bool, Vec<Datagram>, Result<String, String>) {
+        if core.stopped {
+            return (false, Vec::new(), Err("the server is stopping".into()));
+        }
+        let who = &self.shell.who;
+        let was_down = core.node.is_down();
+        let (input, text) = match cmd {
+            OperatorCmd::Status => return (true, Vec::new(), Ok(status_table(&core.node, self.now_ms()))),
+            OperatorCmd::Down { secs } => {
+                let ms = secs.map_or(self.shell.down_ms, |s| s.saturating_mul(1000));
+                let again = if was_down { " (it was down already: the time starts again)" } else { "" };
+                let text = format!(
+                    "{who} is DOWN for {:.1} s: it announces 999 and ignores all traffic{again}",
+                    ms as f64 / 1000.0
+                );
+                (Input::Down { ms }, text)
+            }
+            OperatorCmd::Up if was_down => (Input::Up, format!("{who} is back UP: it announces its load")),
+            OperatorCmd::Up => (Input::Up, format!("{who} was not down: nothing to do")),
+            OperatorCmd::Simulate { on } => {
+                (Input::Simulate { on }, format!("{who}: failure simulation {}", if on { "on" } else { "off" }))
+            }
+        };
+        let (going, outbox) = self.handle(core, Event::Node(input));
+        (going, outbox, Ok(text))
     }
 
     /// Runs the timers. False once the server has shut down.
@@ -534,6 +625,25 @@ impl Shell {
                 Output::Execute { rid, op, reply_to, key } => core.services.execute(now, rid, op, reply_to, key),
                 Output::Log(line) => self.log(&line),
             }
+        }
+    }
+
+    /// Answers the operator at `to`, in a frame under the cluster key (so `ctl` knows it is
+    /// the server's); a text too long for one datagram is cut.
+    fn send_operator_reply(&self, to: SocketAddr, mut msg: Msg) {
+        if let Msg::OperatorReply { result: Ok(text) | Err(text), .. } = &mut msg {
+            if text.len() > MAX_REPLY {
+                let mut cut = MAX_REPLY - 3;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("...");
+            }
+        }
+        let bytes = encode_server(&self.key, auth::wall_ms(), &msg);
+        if let Err(e) = self.peer_sock.send_to(&bytes, to) {
+            self.log(&format!("cannot answer the operator at {to}: {e}"));
         }
     }
 
@@ -610,17 +720,32 @@ mod tests {
     use common::protocol::{Reply, RequestId};
 
     #[test]
+    fn operator_answers_are_kept_for_copies_and_bounded() {
+        let mut a = Answered::default();
+        for nonce in 0..(ANSWERS_KEPT as u64 + 10) {
+            a.keep(nonce, Ok(format!("did {nonce}")));
+        }
+        a.keep(300, Err("again".into()));
+        assert_eq!(a.get(0), None, "the oldest are forgotten");
+        assert_eq!(a.get(20), Some(Ok("did 20".into())));
+        assert_eq!(a.get(300), Some(Err("again".into())));
+        assert!(a.by_nonce.len() <= ANSWERS_KEPT && a.order.len() <= ANSWERS_KEPT);
+    }
+
+    #[test]
     fn a_batch_too_large_for_a_datagram_goes_message_by_message() {
         let to = UdpSocket::bind("127.0.0.1:0").unwrap();
         to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let from = UdpSocket::bind("127.0.0.1:0").unwrap();
         let key = common::crypto::random_key();
         let shell = Shell {
+            id: 1,
             who: "test".into(),
             client_sock: from.try_clone().unwrap(),
             peer_sock: from,
             peer_addrs: HashMap::from([(2, to.local_addr().unwrap())]),
             key,
+            down_ms: 1000,
         };
         // Three decided replies of 30 KB of error text each: together over one datagram.
         let msgs: Vec<Msg> = (0..3)

@@ -26,6 +26,18 @@ pub fn status_once(config: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Polls `f` every 100 ms until it is true or `timeout` passes; whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 /// Builds the server, client and bench binaries once per test process, in this profile.
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
