@@ -79,6 +79,14 @@ const SHARE_KEY: [u8; 32] = [7; 32];
 fn grant_fields(views: u32, version: u64) -> common::auth::RightsFields<'static> {
     common::auth::RightsFields { kind: "grant", owner: "alice", viewer: "bob", image_id: IMAGE, views, version }
 }
+
+/// Records alice's next grant to bob with the number the cloud would give it (this simulation
+/// exercises the peer messages, not the cloud's count: see sim_views).
+fn next_grant(sharing: &mut Sharing, views: u32) -> u64 {
+    let v = sharing.shares.get(&format!("bob/{IMAGE}")).map_or(0, |s| s.version) + 1;
+    sharing.record_grant("bob", IMAGE, views, v);
+    v
+}
 const TICK: u64 = 5;
 const LOAD_INTERVAL: u64 = 1000;
 /// The client defaults (`request_retry_ms`, `request_timeout_ms`).
@@ -508,7 +516,7 @@ impl World {
             self.alice.step = AliceStep::Done;
             return;
         };
-        let version = self.alice.sharing.grant("bob", IMAGE, views);
+        let version = next_grant(&mut self.alice.sharing, views);
         let id = self.alice.link.next_id();
         // The tag under the share key the cloud issued when alice delivered the image.
         let mac = grant_fields(views, version).tag(&SHARE_KEY);
@@ -880,7 +888,7 @@ impl World {
 
     /// Both register and sign in; bob already holds a copy (version 1, from `approve`).
     fn setup(&mut self) -> Result<(), String> {
-        let v1 = self.alice.sharing.grant("bob", IMAGE, 1);
+        let v1 = next_grant(&mut self.alice.sharing, 1);
         self.bob.copy = Some(Held { views: 1, version: v1 });
         let mut events = vec![];
         self.run_while(&mut events, 1500, |_| true);

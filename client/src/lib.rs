@@ -12,4 +12,5 @@ pub mod status;
 pub mod store;
 pub mod transfer_bench;
 pub mod transfer_lab;
+pub mod viewing;
 pub mod watch;

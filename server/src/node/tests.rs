@@ -131,6 +131,7 @@ fn record(server: ServerId, token: &str) -> UserRecord {
         version: Version { counter: 5, server },
         created_by: rid(),
         inbox: vec![],
+        shares: vec![],
     }
 }
 

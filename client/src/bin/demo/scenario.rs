@@ -368,9 +368,8 @@ impl Demo {
         for left in [1, 0] {
             let (line, _) = self.ok("bob", &format!("view {id}"))?;
             expect(line.contains(&format!("({left} views left)")), &format!("({left} views left)"), &line)?;
-            let path = line.rsplit(" in ").next().unwrap_or_default().trim().to_string();
-            let same = std::fs::read(&path).is_ok_and(|b| b == self.original);
-            expect(same, "the revealed file equals alice's photo byte for byte", &path)?;
+            let same = client::viewing::revealed_is(&line, &self.original);
+            expect(same, "the revealed image equals alice's photo byte for byte (its SHA-256)", &line)?;
         }
         let (line, _) = self.cmd("bob", &format!("view {id}"))?;
         expect(line.starts_with("error:") && line.contains("only the cover"), "error: no views left", &line)?;
