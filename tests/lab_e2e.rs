@@ -74,7 +74,7 @@ fn sharing_story(permille: u32) -> Result<Vec<String>, String> {
         step(&mut log, "delivery to bob", t, got)?;
         let t = Instant::now();
         let view = step(&mut log, "view", t, bob.try_run("view photo", BIG))?;
-        if !client::viewing::revealed_is(&view, &big_photo()) {
+        if !client::viewing::revealed_is(&view, big_photo()) {
             return Err(format!("NOT byte-exact: {view}"));
         }
         log.push(format!("view byte-exact ({} bytes)", big_photo().len()));
