@@ -52,6 +52,17 @@ pub fn authorize(dir: &Directory, rid: RequestId, op: &Op, wall_ms: u64, window_
     auth::check_request(op, rid, &secret_bytes(&rec.secret), wall_ms, window_ms)
 }
 
+/// Checks, as it arrives, a request whose id is prescribed by its operation (a view: the id of
+/// its slot), so that only the user it acts for can start the one decision of that id. Other
+/// requests pass (they are checked when executed).
+pub fn admit(dir: &Directory, rid: RequestId, op: &Op, wall_ms: u64, window_ms: u64) -> Result<(), String> {
+    let Op::View { viewer, owner, image_id, slot, .. } = op else { return Ok(()) };
+    if rid != views::slot_rid(owner, viewer, image_id, *slot) {
+        return Err("a view's request id must be its slot's".into());
+    }
+    authorize(dir, rid, op, wall_ms, window_ms)
+}
+
 /// The key `purpose` of `user`, from the directory.
 pub fn user_key(dir: &Directory, user: &str, purpose: Purpose) -> Option<crypto::Key> {
     dir.get(user).map(|r| crypto::derive(&secret_bytes(&r.secret), purpose))
