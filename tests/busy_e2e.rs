@@ -65,8 +65,7 @@ fn a_large_photo_is_encrypted_and_shared_beside_two_busy_processes() {
     bob.wait_for("received photo from alice", long).expect("the photo reaches bob");
     let view = ok(&mut bob, "view photo", long);
     drop(hogs);
-    let revealed = view.rsplit(" in ").next().expect("path").trim().to_string();
-    assert!(std::fs::read(&revealed).expect("revealed file") == *photo, "byte-exact");
+    assert!(client::viewing::revealed_is(&view, photo), "byte-exact: {view}");
     println!(
         "encrypted {} bytes beside two busy processes in {encrypted_in:?}; shared and viewed byte-exact",
         photo.len()

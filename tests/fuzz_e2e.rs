@@ -27,6 +27,7 @@ fn valid_samples() -> Vec<Vec<u8>> {
     let tag = "ab".repeat(32);
     let rights = PeerBody::Rights { image_id: "cat".into(), views: 99, version: 1 << 40, mac: tag.clone() };
     let deliver = PeerBody::Deliver {
+        digest: String::new(),
         image_id: "cat".into(),
         views: 9,
         version: 9,

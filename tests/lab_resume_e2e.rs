@@ -58,9 +58,7 @@ fn request_number(owner: &mut LabClient, viewer: &str) -> String {
 /// `viewer` views the photo: byte-exact.
 fn view_exact(viewer: &mut LabClient) {
     let view = viewer.try_run("view photo", BIG).unwrap_or_else(|e| panic!("{e}"));
-    let revealed = view.rsplit(" in ").next().unwrap_or("").trim().to_string();
-    let bytes = std::fs::read(&revealed).unwrap_or_else(|e| panic!("revealed file {revealed}: {e}"));
-    assert!(bytes == big_photo(), "{}: not byte-exact ({} bytes)", viewer.name, bytes.len());
+    assert!(client::viewing::revealed_is(&view, big_photo()), "{}: not byte-exact: {view}", viewer.name);
     println!("{} viewed the photo byte-exact", viewer.name);
 }
 

@@ -77,6 +77,15 @@ const SHARE_KEY: [u8; 32] = [7; 32];
 fn grant_fields(views: u32, version: u64) -> common::auth::RightsFields<'static> {
     common::auth::RightsFields { kind: "grant", owner: "alice", viewer: "bob", image_id: IMAGE, views, version }
 }
+
+/// Records alice's next grant to bob with the number the cloud would give it (this simulation
+/// exercises the peer messages, not the cloud's count: see sim_views).
+fn next_grant(sharing: &mut Sharing, views: u32) -> u64 {
+    let v = sharing.shares.get(&format!("bob/{IMAGE}")).map_or(0, |s| s.version) + 1;
+    sharing.record_grant("bob", IMAGE, views, v);
+    v
+}
+
 /// The client defaults (`request_retry_ms`, `request_timeout_ms`).
 const RETRY_MS: u64 = 250;
 const TIMEOUT_MS: u64 = 15_000;
@@ -297,7 +306,7 @@ impl World<Parties> {
             self.actors.alice.step = AliceStep::Done;
             return;
         };
-        let version = self.actors.alice.sharing.grant("bob", IMAGE, views);
+        let version = next_grant(&mut self.actors.alice.sharing, views);
         let id = self.actors.alice.link.next_id();
         // The tag under the share key the cloud issued when alice delivered the image.
         let mac = grant_fields(views, version).tag(&SHARE_KEY);
@@ -594,7 +603,7 @@ impl World<Parties> {
 
     /// Both register and sign in; bob already holds a copy (version 1, from `approve`).
     fn setup(&mut self) -> Result<(), String> {
-        let v1 = self.actors.alice.sharing.grant("bob", IMAGE, 1);
+        let v1 = next_grant(&mut self.actors.alice.sharing, 1);
         self.actors.bob.copy = Some(Held { views: 1, version: v1 });
         let mut events = Schedule::default();
         self.run_until(&mut events, 1500);

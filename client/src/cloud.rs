@@ -404,6 +404,11 @@ impl Cloud {
         self.call_within(op, payload, None)
     }
 
+    /// [`Cloud::call`] under a request id the operation prescribes (a view's slot).
+    pub fn call_as(&mut self, rid: RequestId, op: Op) -> Result<CallResult, String> {
+        self.call_inner(Some(rid), op, None, None)
+    }
+
     /// [`Cloud::call`], giving up after `max_wait` if given (and sooner if the cloud is lost).
     pub fn call_within(
         &mut self,
@@ -411,7 +416,17 @@ impl Cloud {
         payload: Option<&[u8]>,
         max_wait: Option<Duration>,
     ) -> Result<CallResult, String> {
-        let result = self.run_call(op, payload, max_wait);
+        self.call_inner(None, op, payload, max_wait)
+    }
+
+    fn call_inner(
+        &mut self,
+        rid: Option<RequestId>,
+        op: Op,
+        payload: Option<&[u8]>,
+        max_wait: Option<Duration>,
+    ) -> Result<CallResult, String> {
+        let result = self.run_call(rid, op, payload, max_wait);
         if let Some(m) = self.mirror.as_mut() {
             m.checkpoint(&self.transfers);
         }
@@ -425,11 +440,17 @@ impl Cloud {
     // Long on purpose: one loop owns one call's state (the reply, the result, the upload, the
     // timers) and reads as the call's story from the multicast to the result; the separate
     // decisions are functions of their own (`on_ctl`, the requester, the transfers).
-    fn run_call(&mut self, op: Op, payload: Option<&[u8]>, max_wait: Option<Duration>) -> Result<CallResult, String> {
+    fn run_call(
+        &mut self,
+        rid: Option<RequestId>,
+        op: Op,
+        payload: Option<&[u8]>,
+        max_wait: Option<Duration>,
+    ) -> Result<CallResult, String> {
         let started = Instant::now();
         let now = self.now();
         let secret = self.secret.as_deref();
-        let (rid, msg) = self.req.start_with(now, op, |op, rid| {
+        let (rid, msg) = self.req.start_as(now, rid, op, |op, rid| {
             if let Some(s) = secret {
                 common::auth::sign_request(op, rid, s, common::auth::wall_ms());
             }

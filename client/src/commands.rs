@@ -4,11 +4,12 @@
 use crate::cloud::Cloud;
 use crate::engine::{Command, Engine, EngineCtx};
 use crate::sharing::{self, Sharing};
-use crate::store::{write_atomic, Identity, Store};
+use crate::store::{Identity, Store};
 use common::auth::{own_image_aad, share_aad, shared_image_aad, RightsFields};
 use common::config::ClusterConfig;
 use common::crypto::{self, Key, Purpose};
 use common::protocol::{Answer, Auth, Op, PeerBody, UserInfo};
+use common::views::{self, LeasePolicy};
 use parking_lot::Mutex;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -34,9 +35,11 @@ pub const HELP: &str = "commands:
   approve N [VIEWS] send the image of request N (optionally with another number of views)
   reject N          refuse request N
   received          images others shared with you, with views left
-  view IMAGE        reveal IMAGE (IMAGE or OWNER/IMAGE) once: one view less
-  grant USER IMAGE VIEWS     set USER's views on your IMAGE (0 revokes: their copy is deleted)
-  more USER IMAGE VIEWS      ask USER for more views of IMAGE
+  view IMAGE        reveal IMAGE (IMAGE or OWNER/IMAGE) once: the cloud counts one view
+  lease IMAGE N     take N views of IMAGE for offline use (if its owner allows it)
+  grant USER IMAGE VIEWS     set USER's views on your IMAGE in the cloud (0 revokes: their copy is deleted)
+  offline USER IMAGE N MINUTES   let USER take up to N views of IMAGE offline, each lease for MINUTES
+  more USER IMAGE VIEWS      ask USER for VIEWS more views of IMAGE
   shared            who holds which of your images, with the views last granted
   stats             request counters of this client
   help              this text
@@ -54,7 +57,8 @@ pub struct Session {
     pub engine: Engine,
     /// Owner-side sharing state (shared with the engine).
     pub sharing: Arc<Mutex<Sharing>>,
-    temp: Option<PathBuf>,
+    /// What the prompt remembers between views.
+    pub(crate) views: crate::viewing::ViewState,
 }
 
 /// What a command printed and whether the prompt should end.
@@ -118,7 +122,7 @@ impl Session {
         };
         let engine = Engine::start(ctx)?;
         crate::watch::spawn(cloud.clone(), me.clone())?;
-        let mut session = Session { cloud, store, me, engine, sharing, temp: None };
+        let mut session = Session { cloud, store, me, engine, sharing, views: Default::default() };
         session.pull_inbox()?;
         Ok(session)
     }
@@ -132,7 +136,6 @@ impl Session {
     /// Runs one prompt line.
     // Long on purpose: the table of prompt commands, one arm each.
     pub fn run(&mut self, line: &str) -> Outcome {
-        self.remove_temp();
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut lines = Vec::new();
         let result = match words.as_slice() {
@@ -173,7 +176,11 @@ impl Session {
                 Ok(format!("{} received images", all.len()))
             }
             ["view", image] => self.view(image, &mut lines),
-            ["grant", user, image, views] => parse_views(views).and_then(|v| self.grant(user, image, v)),
+            ["lease", image, n] => parse_views(n).and_then(|n| self.lease(image, n)),
+            ["grant", user, image, views] => parse_views(views).and_then(|v| self.set_views(user, image, v, false)),
+            ["offline", user, image, n, minutes] => parse_views(n)
+                .and_then(|n| parse_views(minutes).map(|m| (n, m)))
+                .and_then(|(n, m)| self.allow_offline(user, image, n, m)),
             ["shared"] => {
                 let holders = self.sharing.lock().holders();
                 for (viewer, image, s) in &holders {
@@ -189,7 +196,6 @@ impl Session {
                 ))
             }
             ["quit"] | ["exit"] => {
-                self.remove_temp();
                 self.sign_out();
                 lines.push("ok: signed out, bye".into());
                 return Outcome { lines, quit: true };
@@ -205,16 +211,8 @@ impl Session {
 
     /// Signs out (best effort: used on quit, end of input and Ctrl-C).
     pub fn sign_out(&mut self) {
-        self.remove_temp();
         let op = Op::SignOut { name: self.me.name.clone(), auth: Auth::default() };
         let _ = answer(op, &mut self.cloud.lock());
-    }
-
-    /// Removes the temporary file of the last `view`, if any.
-    pub fn remove_temp(&mut self) {
-        if let Some(p) = self.temp.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     fn lookup(&mut self, user: &str) -> Result<UserInfo, String> {
@@ -280,33 +278,36 @@ impl Session {
         let req = self.take_request(n)?;
         let views = views.unwrap_or(req.views);
         if req.more {
-            return self.grant(&req.from.clone(), &req.image_id.clone(), views);
+            return self.set_views(&req.from.clone(), &req.image_id.clone(), views, true);
         }
         let result = (|| {
             let addr = self.online_addr(&req.from)?.ok_or(format!("{} is offline; approve again later", req.from))?;
             let (viewer, image_id) = (req.from.clone(), req.image_id.clone());
-            // A re-approval (after a delivery that broke off) keeps the share key and its
-            // ticket: the copy is then the same bytes and the delivery resumes.
-            let held = self.sharing.lock().key_and_ticket(&viewer, &image_id);
-            let (key, ticket) = match held {
-                Some(kt) => kt,
-                None => self.share_key(&viewer, &image_id)?,
-            };
-            let png = self.sealed_copy(&viewer, &image_id, &key)?;
-            let version = {
+            // The cloud keeps the share key: a re-approval (after a delivery that broke off)
+            // gets the same key, so the copy is the same bytes and the delivery resumes.
+            let (key, ticket) = self.share_key(&viewer, &image_id)?;
+            let (png, digest) = self.sealed_copy(&viewer, &image_id, &key)?;
+            let (left, grant) = self.cloud_grant(&viewer, &image_id, views, false, None)?;
+            {
                 let mut sh = self.sharing.lock();
-                let v = sh.grant(&viewer, &image_id, views);
+                sh.record_grant(&viewer, &image_id, left, grant);
                 sh.set_key(&viewer, &image_id, &key, &ticket);
                 sh.save(&self.store)?;
-                v
-            };
+            }
             // The rights travel in the tagged `Deliver` message; the viewer writes them into
             // its copy (so the image bytes stay the same from one grant to the next).
             let me = self.me.name.clone();
-            let fields =
-                RightsFields { kind: "deliver", owner: &me, viewer: &viewer, image_id: &image_id, views, version };
-            let mac = fields.tag(&key);
-            let body = PeerBody::Deliver { image_id, views, version, transfer: 0, len: 0, ticket, mac };
+            let fields = RightsFields {
+                kind: "deliver",
+                owner: &me,
+                viewer: &viewer,
+                image_id: &image_id,
+                views: left,
+                version: grant,
+            };
+            let mac = fields.tag_with(&views::rights_key(&key), &digest);
+            let body =
+                PeerBody::Deliver { image_id, views: left, version: grant, transfer: 0, len: 0, ticket, digest, mac };
             self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user: viewer, addr, body, png, reply })
         })();
         match result {
@@ -318,8 +319,9 @@ impl Session {
         }
     }
 
-    /// Asks the cloud (the key distribution centre) for a fresh key for sharing `image_id`
-    /// with `viewer`: returns the key (opened from the owner's copy) and the viewer's ticket.
+    /// Asks the cloud (the key distribution centre) for the key of sharing `image_id` with
+    /// `viewer` (made at the first approval, kept by the cloud): returns the key (opened from the
+    /// owner's copy) and the viewer's ticket (the share's rights key sealed for the viewer).
     fn share_key(&mut self, viewer: &str, image_id: &str) -> Result<(Key, String), String> {
         let op = Op::ShareKey {
             owner: self.me.name.clone(),
@@ -338,19 +340,47 @@ impl Session {
         Ok((key, for_viewer))
     }
 
+    /// Sets (or, with `add`, adds to) the views `viewer` has left in the cloud, and the offline
+    /// leases allowed: returns the views left and the grant's number.
+    fn cloud_grant(
+        &mut self,
+        viewer: &str,
+        image_id: &str,
+        views: u32,
+        add: bool,
+        lease: Option<LeasePolicy>,
+    ) -> Result<(u32, u64), String> {
+        let op = Op::Grant {
+            owner: self.me.name.clone(),
+            auth: Auth::default(),
+            viewer: viewer.into(),
+            image_id: image_id.into(),
+            views,
+            add,
+            lease,
+        };
+        match answer(op, &mut self.cloud.lock())? {
+            Answer::Granted { left, grant } => Ok((left, grant)),
+            other => Err(format!("unexpected answer to a grant: {other:?}")),
+        }
+    }
+
     /// The owner's stego image of `image_id` with its hidden image re-sealed for `viewer`
-    /// under `key` (same cover, same size: the sealed lengths are equal).
-    fn sealed_copy(&self, viewer: &str, image_id: &str, key: &Key) -> Result<Vec<u8>, String> {
+    /// under the share's image key (same cover, same size: the sealed lengths are equal), and
+    /// the digest of the sealed image.
+    fn sealed_copy(&self, viewer: &str, image_id: &str, key: &Key) -> Result<(Vec<u8>, String), String> {
         let own =
             std::fs::read(self.store.image_path(image_id)).map_err(|_| format!("you have no image {image_id}"))?;
         let hidden = common::stego::reveal(&own).map_err(|e| format!("your copy of {image_id} is damaged: {e}"))?;
         let image = crypto::open(&self.me.key(Purpose::Own), &own_image_aad(&self.me.name), &hidden)
             .map_err(|_| format!("your copy of {image_id} was modified"))?;
         // Deterministic: a re-approval sends the same bytes, so an interrupted delivery resumes.
-        let sealed = crypto::seal_deterministic(key, &shared_image_aad(&self.me.name, viewer, image_id), &image);
+        let aad = shared_image_aad(&self.me.name, viewer, image_id);
+        let sealed = crypto::seal_deterministic(&views::image_key(key), &aad, &image);
         let mut pixels = common::stego::decode_image(&own).map_err(|e| e.to_string())?.to_rgba8();
         common::stego::embed_in_place(&mut pixels, &sealed).map_err(|e| e.to_string())?;
-        common::stego::encode_png(&pixels).map_err(|e| e.to_string())
+        let png = common::stego::encode_png(&pixels).map_err(|e| e.to_string())?;
+        Ok((png, crypto::sha256_hex(&sealed)))
     }
 
     fn reject(&mut self, n: &str) -> Result<String, String> {
@@ -360,60 +390,65 @@ impl Session {
         Ok(format!("rejected: {r}"))
     }
 
-    fn grant(&mut self, user: &str, image: &str, views: u32) -> Result<String, String> {
+    /// Sets (or adds to) `user`'s views of `image` in the cloud — where they are counted, so it
+    /// holds at once, even against a viewer who is offline or keeps old files — then tells
+    /// `user`'s client (directly, or queued for when it signs in) so its display follows.
+    fn set_views(&mut self, user: &str, image: &str, views: u32, add: bool) -> Result<String, String> {
         common::names::check_user(user)?;
         common::names::check_image_id(image)?;
         if !self.store.images().iter().any(|i| i == image) {
             return Err(format!("you have no image {image}"));
         }
-        let (version, key) = {
-            let mut sh = self.sharing.lock();
-            let key = sh.key(user, image).ok_or(format!("{user} has no copy of {image} (approve a request first)"))?;
-            let v = sh.grant(user, image, views);
-            sh.save(&self.store)?;
-            (v, key)
+        let held = self.sharing.lock().key(user, image);
+        let key = match held {
+            Some(k) => k,
+            None => self.share_key(user, image).map(|(k, _)| k)?,
         };
-        let mac = RightsFields { kind: "grant", owner: &self.me.name, viewer: user, image_id: image, views, version }
-            .tag(&key);
-        self.send_peer(user, PeerBody::Rights { image_id: image.into(), views, version, mac })
+        let (left, grant) = self.cloud_grant(user, image, views, add, None)?;
+        {
+            let mut sh = self.sharing.lock();
+            sh.record_grant(user, image, left, grant);
+            sh.save(&self.store)?;
+        }
+        let cloud = match left {
+            0 => format!("revoked: the cloud refuses {user} any view of {image}"),
+            n => format!("the cloud counts {n} views of {image} left for {user}"),
+        };
+        let mac = RightsFields {
+            kind: "grant",
+            owner: &self.me.name,
+            viewer: user,
+            image_id: image,
+            views: left,
+            version: grant,
+        }
+        .tag(&views::rights_key(&key));
+        match self.send_peer(user, PeerBody::Rights { image_id: image.into(), views: left, version: grant, mac }) {
+            Ok(r) => Ok(format!("{cloud}; {user}'s copy: {r}")),
+            Err(e) => Ok(format!("{cloud}; {user}'s copy will show it later ({e})")),
+        }
     }
 
-    fn view(&mut self, what: &str, lines: &mut Vec<String>) -> Result<String, String> {
-        let copy = sharing::find_received(&self.store, what)?;
-        let tty = std::io::stdout().is_terminal();
-        match sharing::view(&self.store, &copy)? {
-            Some((hidden, left)) => {
-                let dir = self.store.root().join("tmp");
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                let ext = image::guess_format(&hidden)
-                    .ok()
-                    .and_then(|f| f.extensions_str().first().copied())
-                    .unwrap_or("img");
-                let path = dir.join(format!("view-{}.{ext}", copy.rights.image_id));
-                write_atomic(&path, &hidden, true)?;
-                self.temp = Some(path.clone());
-                if tty {
-                    if let Ok(img) = common::stego::decode_image(&hidden) {
-                        lines.push(common::preview::render_ansi(&img, 64));
-                    }
-                }
-                if let Some(viewer) = std::env::var_os("IMAGE_VIEWER") {
-                    let _ = std::process::Command::new(viewer).arg(&path).spawn();
-                }
-                Ok(format!("{} revealed ({} views left) in {}", copy.rights.image_id, left, path.display()))
-            }
-            None => {
-                if tty {
-                    if let Ok(img) = std::fs::read(&copy.path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| common::stego::decode_image(&b).map_err(|e| e.to_string()))
-                    {
-                        lines.push(common::preview::render_ansi(&img, 64));
-                    }
-                }
-                Err(format!("no views left on {}: only the cover is shown", copy.rights.image_id))
-            }
+    /// Lets `user` keep up to `n` views of `image` for offline use, for `minutes` (0 views: no
+    /// more leases).
+    fn allow_offline(&mut self, user: &str, image: &str, n: u32, minutes: u32) -> Result<String, String> {
+        common::names::check_user(user)?;
+        common::names::check_image_id(image)?;
+        if n > views::MAX_LEASE_VIEWS || minutes.saturating_mul(60) > views::MAX_LEASE_SECS {
+            return Err(format!(
+                "at most {} views for at most {} minutes",
+                views::MAX_LEASE_VIEWS,
+                views::MAX_LEASE_SECS / 60
+            ));
         }
+        let lease = LeasePolicy { views: n, secs: minutes * 60 };
+        let (left, _) = self.cloud_grant(user, image, 0, true, Some(lease))?;
+        Ok(match n {
+            0 => format!("{user} can no longer take views of {image} offline ({left} views left)"),
+            n => format!(
+                "{user} may take up to {n} of {left} views of {image} offline, each lease for {minutes} minutes"
+            ),
+        })
     }
 
     fn whoami(&mut self) -> Result<String, String> {

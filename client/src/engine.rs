@@ -381,8 +381,16 @@ impl State {
             PeerBody::Rejected { image_id, reason } => {
                 notice(&format!("{who} rejected your request for {image_id}: {reason}"))
             }
-            PeerBody::Deliver { image_id, views, version, transfer, len, ticket, mac } => {
-                match self.open_delivery(&who, &image_id, views, version, &ticket, &mac) {
+            PeerBody::Deliver { image_id, views, version, transfer, len, ticket, digest, mac } => {
+                let fields = RightsFields {
+                    kind: "deliver",
+                    owner: &who,
+                    viewer: &self.ctx.me.name,
+                    image_id: &image_id,
+                    views,
+                    version,
+                };
+                match self.open_delivery(fields, &ticket, &digest, &mac) {
                     Ok(d) => {
                         if len >= crate::progress::MIN_BYTES {
                             let size = crate::progress::mb(len);
@@ -407,25 +415,18 @@ impl State {
         }
     }
 
-    /// Opens the cloud's ticket (the share key sealed for us) and checks the owner's tag on
-    /// the announced rights.
-    fn open_delivery(
-        &self,
-        owner: &str,
-        image_id: &str,
-        views: u32,
-        version: u64,
-        ticket: &str,
-        mac: &str,
-    ) -> Result<Delivery, String> {
-        let me = &self.ctx.me.name;
+    /// Opens the cloud's ticket (the share's rights key sealed for us) and checks the owner's
+    /// tag on the announced rights and digest.
+    fn open_delivery(&self, f: RightsFields, ticket: &str, digest: &str, mac: &str) -> Result<Delivery, String> {
         let sealed = crypto::from_hex(ticket).ok_or("malformed ticket")?;
-        let key: crypto::Key = crypto::open(&self.ctx.me.key(Purpose::Wrap), &share_aad(owner, me, image_id), &sealed)
+        let aad = share_aad(f.owner, f.viewer, f.image_id);
+        let key: crypto::Key = crypto::open(&self.ctx.me.key(Purpose::Wrap), &aad, &sealed)
             .map_err(|_| "the ticket was not issued by the cloud for this share".to_string())?
             .try_into()
             .map_err(|_| "the ticket holds no key".to_string())?;
-        RightsFields { kind: "deliver", owner, viewer: me, image_id, views, version }.check(&key, mac)?;
-        Ok(Delivery { owner: owner.into(), image_id: image_id.into(), views, version, key })
+        f.check_with(&key, digest, mac)?;
+        let (owner, image_id) = (f.owner.to_string(), f.image_id.to_string());
+        Ok(Delivery { owner, image_id, views: f.views, version: f.version, key, digest: digest.into() })
     }
 
     /// A delivery coming in while the prompt may be in use: its progress as a notice at each

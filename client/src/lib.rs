@@ -15,5 +15,6 @@ pub mod status;
 pub mod store;
 pub mod transfer_bench;
 pub mod transfer_lab;
+pub mod viewing;
 pub mod watch;
 pub mod web;

@@ -59,12 +59,8 @@ fn main() {
     println!("ok: signed in as {} (user {})", session.me.name, session.me.user_id);
     let me = session.me.clone();
     let session = Arc::new(parking_lot::Mutex::new(session));
-    let on_ctrlc = session.clone();
     let _ = ctrlc::set_handler(move || {
         // The prompt may be waiting on the cloud: sign out from a socket of our own.
-        if let Some(mut s) = on_ctrlc.try_lock_for(Duration::from_millis(200)) {
-            s.remove_temp();
-        }
         let op = Op::SignOut { name: me.name.clone(), auth: Default::default() };
         let signed_out = Cloud::connect(&cfg, None).and_then(|mut c| {
             c.set_secret(me.secret_bytes());

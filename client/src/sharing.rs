@@ -1,9 +1,11 @@
 //! What a user shares and holds: requests waiting for the owner's answer, the views the owner
-//! last granted to each viewer (with a version number and the share key per share), and the
-//! copies received from others, each a stego PNG with its rights embedded and the image hidden
-//! in it sealed under the share key. The viewer's share keys live apart from the copies, in a
-//! private `keys.json`, so a copied stego file alone reveals nothing. Saved in the data
-//! folder, atomically.
+//! last granted to each viewer (with the cloud's grant number and the share key per share), and
+//! the copies received from others, each a stego PNG with its rights embedded (for display) and
+//! the image hidden in it sealed under the share's image key, which the cloud hands out once per
+//! view (`views.rs` in common). What the viewer keeps per copy — the rights key that checks the
+//! owner's messages and the digest of the sealed image — lives apart, in a private
+//! `shares.json`; views leased for offline use in `leases.json`. Saved in the data folder,
+//! atomically.
 
 use crate::store::{write_atomic, Store};
 use common::auth::{shared_image_aad, RightsFields};
@@ -103,8 +105,8 @@ impl Sharing {
         Some(self.requests.remove(i))
     }
 
-    /// Records a grant and returns its new version.
-    pub fn grant(&mut self, viewer: &str, image_id: &str, views: u32) -> u64 {
+    /// Records what the cloud answered a grant: the views left and the grant's number.
+    pub fn record_grant(&mut self, viewer: &str, image_id: &str, views: u32, grant: u64) {
         let s = self.shares.entry(share_key(viewer, image_id)).or_insert(Share {
             views,
             version: 0,
@@ -112,8 +114,7 @@ impl Sharing {
             ticket: String::new(),
         });
         s.views = views;
-        s.version += 1;
-        s.version
+        s.version = grant;
     }
 
     /// Records the share key of a delivered image and the viewer's ticket for it.
@@ -145,50 +146,137 @@ impl Sharing {
     }
 }
 
-/// The viewer's share keys, `owner/image` → key (hex), saved as the private `keys.json`.
+/// What the viewer keeps for one received copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// The share's rights key (hex): checks the owner's rights messages.
+    pub rights: String,
+    /// SHA-256 of the sealed image hidden in the copy (hex), as the owner's tagged delivery said.
+    pub digest: String,
+}
+
+/// The viewer's keys per copy, `owner/image` → [`Held`], saved as the private `shares.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewerKeys {
-    keys: BTreeMap<String, String>,
+    keys: BTreeMap<String, Held>,
+}
+
+/// Loads a JSON file of the data folder (missing: the default).
+fn load_json<T: Default + for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, String> {
+    match fs::read(path) {
+        Err(_) => Ok(T::default()),
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{} is corrupt: {e}", path.display())),
+    }
+}
+
+/// Saves a JSON file of the data folder atomically, owner-only.
+fn save_json<T: Serialize>(path: &std::path::Path, value: &T) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    write_atomic(path, &bytes, true)
 }
 
 impl ViewerKeys {
     fn path(store: &Store) -> PathBuf {
-        store.root().join("keys.json")
+        store.root().join("shares.json")
     }
 
-    /// Loads `keys.json` (missing: empty).
+    /// Loads `shares.json` (missing: empty).
     pub fn load(store: &Store) -> Result<ViewerKeys, String> {
-        let path = Self::path(store);
-        match fs::read(&path) {
-            Err(_) => Ok(ViewerKeys::default()),
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{} is corrupt: {e}", path.display())),
-        }
+        load_json(&Self::path(store))
     }
 
-    fn save(&self, store: &Store) -> Result<(), String> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_atomic(&Self::path(store), &bytes, true)
-    }
-
-    /// The key of `owner`'s `image_id`.
-    pub fn get(&self, owner: &str, image_id: &str) -> Option<Key> {
-        self.keys.get(&share_key(owner, image_id)).and_then(|k| crypto::key_from_hex(k))
+    /// What is kept for `owner`'s `image_id`.
+    pub fn get(&self, owner: &str, image_id: &str) -> Option<&Held> {
+        self.keys.get(&share_key(owner, image_id))
     }
 }
 
-/// The key of `owner`'s `image_id`, from `keys.json`.
+/// The rights key of `owner`'s `image_id`, from `shares.json`.
 pub fn viewer_key(store: &Store, owner: &str, image_id: &str) -> Result<Key, String> {
-    ViewerKeys::load(store)?.get(owner, image_id).ok_or(format!("no key for {owner}/{image_id}"))
+    ViewerKeys::load(store)?
+        .get(owner, image_id)
+        .and_then(|h| crypto::key_from_hex(&h.rights))
+        .ok_or(format!("no key for {owner}/{image_id}"))
 }
 
-fn set_viewer_key(store: &Store, owner: &str, image_id: &str, key: Option<&Key>) -> Result<(), String> {
+fn set_viewer_key(store: &Store, owner: &str, image_id: &str, held: Option<Held>) -> Result<(), String> {
     let mut keys = ViewerKeys::load(store)?;
     let k = share_key(owner, image_id);
-    match key {
-        Some(key) => keys.keys.insert(k, crypto::to_hex(key)),
+    match held {
+        Some(h) => keys.keys.insert(k, h),
         None => keys.keys.remove(&k),
     };
-    keys.save(store)
+    save_json(&ViewerKeys::path(store), &keys)
+}
+
+/// Views taken from the cloud for offline use: the image key, how many are left, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The share's image key (hex).
+    pub key: String,
+    /// Views left in the lease.
+    pub views: u32,
+    /// When it ends (ms since the Unix epoch, this machine's clock).
+    pub until_ms: u64,
+}
+
+/// The leases, `owner/image` → [`Lease`], saved as the private `leases.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leases {
+    leases: BTreeMap<String, Lease>,
+}
+
+impl Leases {
+    fn path(store: &Store) -> PathBuf {
+        store.root().join("leases.json")
+    }
+
+    /// Loads `leases.json` (missing: empty), dropping the leases that ended.
+    pub fn load(store: &Store, now_ms: u64) -> Result<Leases, String> {
+        let mut l: Leases = load_json(&Self::path(store))?;
+        l.leases.retain(|_, x| x.until_ms > now_ms && x.views > 0);
+        Ok(l)
+    }
+
+    /// Saves `leases.json`.
+    pub fn save(&self, store: &Store) -> Result<(), String> {
+        save_json(&Self::path(store), self)
+    }
+
+    /// The lease on `owner`'s `image_id`, if any.
+    pub fn get(&self, owner: &str, image_id: &str) -> Option<&Lease> {
+        self.leases.get(&share_key(owner, image_id))
+    }
+
+    /// Adds one leased view (the image key of the share, valid until `until_ms`).
+    pub fn add(&mut self, owner: &str, image_id: &str, key: &Key, until_ms: u64) {
+        let l = self.leases.entry(share_key(owner, image_id)).or_insert(Lease {
+            key: crypto::to_hex(key),
+            views: 0,
+            until_ms,
+        });
+        l.key = crypto::to_hex(key);
+        l.views += 1;
+        l.until_ms = l.until_ms.min(until_ms);
+    }
+
+    /// Takes one leased view of `owner`'s `image_id`: its image key and the views left in the lease.
+    pub fn take(&mut self, owner: &str, image_id: &str) -> Option<(Key, u32)> {
+        let k = share_key(owner, image_id);
+        let l = self.leases.get_mut(&k)?;
+        let key = crypto::key_from_hex(&l.key)?;
+        l.views = l.views.saturating_sub(1);
+        let left = l.views;
+        if left == 0 {
+            self.leases.remove(&k);
+        }
+        Some((key, left))
+    }
+
+    /// Forgets the lease on `owner`'s `image_id` (a revoke).
+    pub fn remove(&mut self, owner: &str, image_id: &str) {
+        self.leases.remove(&share_key(owner, image_id));
+    }
 }
 
 /// The received-copies folder.
@@ -248,20 +336,25 @@ pub struct Delivery {
     pub views: u32,
     /// The version of the grant.
     pub version: u64,
-    /// The share key (from the cloud's ticket).
+    /// The share's rights key (from the cloud's ticket).
     pub key: Key,
+    /// SHA-256 of the sealed image (hex), as the owner's tagged message said.
+    pub digest: String,
 }
 
-/// Stores a delivered copy after checking that the hidden image opens under the share key;
-/// the rights written into the copy are the ones the owner's authenticated message announced.
+/// Stores a delivered copy after checking that the sealed image hidden in it is the one the
+/// owner's authenticated message announced (its digest); the rights written into the copy are
+/// the ones that message announced. (The viewer cannot open the image: the cloud hands out its
+/// key once per view.)
 pub fn store_delivery(store: &Store, me: &str, d: &Delivery, png: &[u8]) -> Result<Rights, String> {
     let from = &d.owner;
     check_user(from)?;
     check_image_id(&d.image_id)?;
     let hidden =
         common::stego::reveal(png).map_err(|e| format!("the image from {from} hides nothing readable: {e}"))?;
-    crypto::open(&d.key, &shared_image_aad(from, me, &d.image_id), &hidden)
-        .map_err(|e| format!("the image from {from} was modified or sealed for someone else: {e}"))?;
+    if crypto::sha256_hex(&hidden) != d.digest {
+        return Err(format!("the image from {from} is not the one {from} announced (modified on the way?)"));
+    }
     let r = Rights {
         owner: from.clone(),
         viewer: me.into(),
@@ -281,7 +374,8 @@ pub fn store_delivery(store: &Store, me: &str, d: &Delivery, png: &[u8]) -> Resu
             return Ok(old); // an older or repeated delivery: keep what we have
         }
     }
-    set_viewer_key(store, from, &d.image_id, Some(&d.key))?;
+    let held = Held { rights: crypto::to_hex(&d.key), digest: d.digest.clone() };
+    set_viewer_key(store, from, &d.image_id, Some(held))?;
     write_atomic(&path, &copy, true)?;
     Ok(r)
 }
@@ -311,6 +405,9 @@ pub fn apply_rights(
     if views == 0 {
         fs::remove_file(&path).map_err(|e| format!("cannot delete {}: {e}", path.display()))?;
         set_viewer_key(store, owner, image_id, None)?;
+        let mut leases = Leases::load(store, 0)?;
+        leases.remove(owner, image_id);
+        leases.save(store)?;
         return Ok(Some(format!("{owner} revoked {image_id}: the copy is deleted")));
     }
     r.views = views;
@@ -320,22 +417,36 @@ pub fn apply_rights(
     Ok(Some(format!("{owner} set {image_id} to {views} views")))
 }
 
-/// One view: if views remain and the hidden image opens under the share key, returns it and
-/// the views left after this one (the decrement is on disk before the image is returned); at
-/// 0, returns None. A modified copy is an error and costs no view.
-pub fn view(store: &Store, copy: &Received) -> Result<Option<(Vec<u8>, u32)>, String> {
+/// The sealed image hidden in a copy, checked against the digest its owner announced, so a
+/// damaged or modified copy is refused before a view is spent on it.
+pub fn sealed_image(store: &Store, copy: &Received) -> Result<Vec<u8>, String> {
+    let r = &copy.rights;
     let png = fs::read(&copy.path).map_err(|e| format!("cannot read {}: {e}", copy.path.display()))?;
-    let mut r = rights::read(&png).map_err(|e| e.to_string())?;
-    if r.views == 0 {
-        return Ok(None);
-    }
-    let key = viewer_key(store, &r.owner, &r.image_id)?;
     let hidden =
         common::stego::reveal(&png).map_err(|e| format!("{} is damaged ({e}): refusing to show it", r.image_id))?;
-    let image = crypto::open(&key, &shared_image_aad(&r.owner, &r.viewer, &r.image_id), &hidden)
-        .map_err(|_| format!("{} was modified: refusing to show it", r.image_id))?;
-    r.views -= 1;
+    let keys = ViewerKeys::load(store)?;
+    let held = keys.get(&r.owner, &r.image_id).ok_or(format!("no key for {}/{}", r.owner, r.image_id))?;
+    if crypto::sha256_hex(&hidden) != held.digest {
+        return Err(format!("{} was modified: refusing to show it", r.image_id));
+    }
+    Ok(hidden)
+}
+
+/// Opens the sealed image of a copy with the share's image key (from the cloud or a lease).
+pub fn open_image(copy: &Received, image_key: &Key, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let r = &copy.rights;
+    crypto::open(image_key, &shared_image_aad(&r.owner, &r.viewer, &r.image_id), sealed)
+        .map_err(|_| format!("{} does not open with the key the cloud sent: refusing to show it", r.image_id))
+}
+
+/// Writes the views left (as the cloud counted them) into the copy's rights, for display.
+pub fn show_views_left(copy: &Received, left: u32) -> Result<(), String> {
+    let png = fs::read(&copy.path).map_err(|e| format!("cannot read {}: {e}", copy.path.display()))?;
+    let mut r = rights::read(&png).map_err(|e| e.to_string())?;
+    if r.views == left {
+        return Ok(());
+    }
+    r.views = left;
     let updated = rights::embed(&png, &r).map_err(|e| e.to_string())?;
-    write_atomic(&copy.path, &updated, true)?;
-    Ok(Some((image, r.views)))
+    write_atomic(&copy.path, &updated, true)
 }

@@ -136,10 +136,11 @@ pub struct RightsFields<'a> {
 }
 
 impl RightsFields<'_> {
-    /// Runs `f` on the framed fields the tag covers.
-    fn with_fields<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    /// Runs `f` on the framed fields the tag covers (and `extra`, if not empty: a delivery's
+    /// digest of the sealed image).
+    fn with_fields<R>(&self, extra: &[u8], f: impl FnOnce(&[&[u8]]) -> R) -> R {
         let (v, n) = (self.views.to_le_bytes(), self.version.to_le_bytes());
-        f(&[
+        let mut fields: Vec<&[u8]> = vec![
             b"imgcloud rights",
             self.kind.as_bytes(),
             self.owner.as_bytes(),
@@ -147,18 +148,33 @@ impl RightsFields<'_> {
             self.image_id.as_bytes(),
             &v,
             &n,
-        ])
+        ];
+        if !extra.is_empty() {
+            fields.push(extra);
+        }
+        f(&fields)
     }
 
-    /// The tag under `share_key` (hex).
-    pub fn tag(&self, share_key: &Key) -> String {
-        crypto::to_hex(&self.with_fields(|fields| crypto::tag(share_key, fields)))
+    /// The tag under `rights_key` (hex).
+    pub fn tag(&self, rights_key: &Key) -> String {
+        self.tag_with(rights_key, "")
+    }
+
+    /// The tag under `rights_key` (hex) covering also `digest` (a delivery's: the SHA-256 of the
+    /// sealed image hidden in the copy, so the viewer can tell a damaged copy without opening it).
+    pub fn tag_with(&self, rights_key: &Key, digest: &str) -> String {
+        crypto::to_hex(&self.with_fields(digest.as_bytes(), |fields| crypto::tag(rights_key, fields)))
     }
 
     /// Checks `tag` (hex) in constant time.
-    pub fn check(&self, share_key: &Key, tag: &str) -> Result<(), String> {
+    pub fn check(&self, rights_key: &Key, tag: &str) -> Result<(), String> {
+        self.check_with(rights_key, "", tag)
+    }
+
+    /// Checks a tag made by [`RightsFields::tag_with`].
+    pub fn check_with(&self, rights_key: &Key, digest: &str, tag: &str) -> Result<(), String> {
         let t = crypto::from_hex(tag).ok_or("malformed rights tag")?;
-        self.with_fields(|fields| crypto::verify(share_key, fields, &t))
+        self.with_fields(digest.as_bytes(), |fields| crypto::verify(rights_key, fields, &t))
             .map_err(|_| format!("the {} from {} for {} is not authentic", self.kind, self.owner, self.image_id))
     }
 }

@@ -88,6 +88,12 @@ pub fn derive(secret: &[u8], purpose: Purpose) -> Key {
     tag(secret, &[purpose.label()])
 }
 
+/// The SHA-256 digest of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    to_hex(&Sha256::digest(bytes))
+}
+
 /// A fresh random key from the operating system.
 pub fn random_key() -> Key {
     ChaCha20Poly1305::generate_key(&mut OsRng).into()

@@ -18,3 +18,4 @@ pub mod rng;
 pub mod simnet;
 pub mod stego;
 pub mod transfer;
+pub mod views;

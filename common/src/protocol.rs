@@ -9,6 +9,7 @@ use crate::frame::FrameKind;
 use crate::names::{check_image_id, check_user};
 use crate::operator::{OperatorCmd, MAX_REPLY};
 use crate::transfer::TransferMsg;
+use crate::views::{LeasePolicy, ShareRecord, MAX_LEASE_SECS, MAX_LEASE_VIEWS, MAX_SHARES, MAX_VIEWS};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +80,10 @@ pub struct UserRecord {
     /// Messages buffered for the user while offline (and tombstones of delivered ones).
     #[serde(default)]
     pub inbox: Vec<InboxEntry>,
+    /// The images the user shares with others, each with the views the cloud counts for it
+    /// (left out when empty: a record without shares is the same bytes as before views).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareRecord>,
 }
 
 /// What other users may see of a user.
@@ -111,10 +116,22 @@ pub enum PeerBody {
     ImageRequest { image_id: String, views: u32, more: bool },
     /// The owner said no.
     Rejected { image_id: String, reason: String },
-    /// The owner approved: the stego image (rights embedded, the hidden image sealed under the
-    /// share key) follows by transfer once acked. `ticket`: the share key as the cloud sealed it
-    /// for the viewer (hex); `mac`: the rights tag under the share key (hex).
-    Deliver { image_id: String, views: u32, version: u64, transfer: u64, len: u64, ticket: String, mac: String },
+    /// The owner approved: the stego image (the hidden image sealed under the share's image key,
+    /// which the cloud hands the viewer once per view) follows by transfer once acked. `ticket`:
+    /// the share's rights key as the cloud sealed it for the viewer (hex); `digest`: SHA-256 of
+    /// the sealed hidden image (hex); `mac`: the rights tag, covering the digest, under the
+    /// rights key (hex).
+    Deliver {
+        image_id: String,
+        views: u32,
+        version: u64,
+        transfer: u64,
+        len: u64,
+        ticket: String,
+        #[serde(default)]
+        digest: String,
+        mac: String,
+    },
     /// The owner sets the views left on its image (0 = revoked: delete the copy); `mac`: the
     /// rights tag under the share key (hex), so only the owner can send it.
     Rights { image_id: String, views: u32, version: u64, mac: String },
@@ -186,6 +203,23 @@ pub enum Op {
     /// The owner approved `viewer`'s request for `image_id`: the cloud (key distribution
     /// centre) makes a fresh share key and seals it for the owner and for the viewer.
     ShareKey { owner: String, auth: Auth, viewer: String, image_id: String },
+    /// The owner sets the views `viewer` has left on `image_id` (`add`: adds them to what is
+    /// left), and the offline leases it allows (None: as before). Needs a share key first.
+    Grant {
+        owner: String,
+        auth: Auth,
+        viewer: String,
+        image_id: String,
+        views: u32,
+        add: bool,
+        lease: Option<LeasePolicy>,
+    },
+    /// The viewer spends view slot `slot` of `owner`'s `image_id` (the request id must be the
+    /// slot's: see [`crate::views::slot_rid`]); `nonce`: drawn for this view, the answer's key is
+    /// sealed under it; `lease`: keep this view for offline use.
+    View { viewer: String, auth: Auth, owner: String, image_id: String, slot: u32, nonce: String, lease: bool },
+    /// The viewer asks how many views of `owner`'s `image_id` it has left, and the leases allowed.
+    Views { viewer: String, auth: Auth, owner: String, image_id: String },
 }
 
 /// The `auth` field of the operations that act for a user (by reference or mutable reference,
@@ -200,7 +234,10 @@ macro_rules! auth_of {
             | Op::Relay { auth, .. }
             | Op::Buffer { auth, .. }
             | Op::InboxAck { auth, .. }
-            | Op::ShareKey { auth, .. } => Some(auth),
+            | Op::ShareKey { auth, .. }
+            | Op::Grant { auth, .. }
+            | Op::View { auth, .. }
+            | Op::Views { auth, .. } => Some(auth),
             Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
         }
     };
@@ -222,6 +259,9 @@ impl Op {
             Op::Buffer { .. } => "buffer",
             Op::InboxAck { .. } => "inbox-ack",
             Op::ShareKey { .. } => "share-key",
+            Op::Grant { .. } => "grant",
+            Op::View { .. } => "view",
+            Op::Views { .. } => "views",
         }
     }
 
@@ -233,7 +273,8 @@ impl Op {
             | Op::SetImages { name, .. }
             | Op::Buffer { name, .. }
             | Op::InboxAck { name, .. } => Some(name),
-            Op::Encrypt { owner, .. } | Op::ShareKey { owner, .. } => Some(owner),
+            Op::Encrypt { owner, .. } | Op::ShareKey { owner, .. } | Op::Grant { owner, .. } => Some(owner),
+            Op::View { viewer, .. } | Op::Views { viewer, .. } => Some(viewer),
             Op::Relay { envelope, .. } => Some(&envelope.from),
             Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
         }
@@ -255,6 +296,8 @@ impl Op {
         match self {
             Op::Register { name } | Op::Lookup { name } => Some(name),
             Op::Buffer { envelope, .. } => Some(&envelope.to),
+            // A view spends a slot of the owner's share: the owner's record is written.
+            Op::View { owner, .. } | Op::Views { owner, .. } => Some(owner),
             _ => self.signer(),
         }
     }
@@ -377,6 +420,34 @@ pub enum Answer {
     /// A fresh share key (hex of a sealed key), sealed for the owner and for the viewer under
     /// each one's wrapping key, bound to (owner, viewer, image).
     ShareKey { for_owner: String, for_viewer: String },
+    /// The views the viewer has left after a grant, and the grant's number.
+    Granted { left: u32, grant: u64 },
+    /// What a view request did with its slot.
+    Viewed(ViewAnswer),
+    /// A share as the cloud counts it: views left, the next slot, the latest grant's number and
+    /// the offline leases the owner allows.
+    Views { left: u32, next: u32, grant: u64, lease: LeasePolicy },
+}
+
+/// The answer to [`Op::View`]: the slot was spent (`key` is set) or not (no views left, or the
+/// slot was used before: try `next`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewAnswer {
+    /// The slot asked for.
+    pub slot: u32,
+    /// The nonce of the request this answer was made for (an answer for another attempt at the
+    /// same slot, kept by the cloud, carries that attempt's nonce and opens for nobody else).
+    pub nonce: String,
+    /// The image key sealed for this view (hex), if the slot was spent.
+    pub key: Option<String>,
+    /// Views left after this request.
+    pub left: u32,
+    /// The next slot to try.
+    pub next: u32,
+    /// With a leased view: how long it may be kept for offline use, seconds (0: not leased).
+    pub lease_secs: u32,
+    /// The number of the owner's latest grant.
+    pub grant: u64,
 }
 
 /// The answer to a request.
@@ -678,6 +749,32 @@ fn check_op(op: &Op) -> Result<(), WireError> {
             user(viewer)?;
             check_image_id(image_id).map_err(WireError)
         }
+        Op::Grant { owner, viewer, image_id, views, lease, .. } => {
+            user(owner)?;
+            user(viewer)?;
+            check_image_id(image_id).map_err(WireError)?;
+            if *views > MAX_VIEWS {
+                return bad(format!("more than {MAX_VIEWS} views"));
+            }
+            match lease {
+                Some(l) if l.views > MAX_LEASE_VIEWS || l.secs > MAX_LEASE_SECS => bad("lease too long"),
+                _ => Ok(()),
+            }
+        }
+        Op::Views { viewer, owner, image_id, .. } => {
+            user(owner)?;
+            user(viewer)?;
+            check_image_id(image_id).map_err(WireError)
+        }
+        Op::View { viewer, owner, image_id, slot, nonce, .. } => {
+            user(owner)?;
+            user(viewer)?;
+            check_image_id(image_id).map_err(WireError)?;
+            if *slot == 0 || nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("a view needs a slot from 1 and a nonce of 32 hex digits");
+            }
+            Ok(())
+        }
         Op::Relay { envelope, .. } => check_envelope(envelope),
         Op::Buffer { name, envelope, .. } => {
             user(name)?;
@@ -704,9 +801,9 @@ pub fn check_envelope(e: &Envelope) -> Result<(), WireError> {
     match &e.body {
         PeerBody::GalleryRequest { .. } => Ok(()),
         PeerBody::ImageRequest { image_id, .. } => check_image_id(image_id).map_err(WireError),
-        PeerBody::Deliver { image_id, ticket, mac, .. } => {
+        PeerBody::Deliver { image_id, ticket, mac, digest, .. } => {
             check_image_id(image_id).map_err(WireError)?;
-            if ticket.len() > 256 || mac.len() > 64 {
+            if ticket.len() > 256 || mac.len() > 64 || digest.len() > 64 {
                 return bad("ticket or tag too long");
             }
             Ok(())
@@ -746,6 +843,16 @@ fn check_record(record: &UserRecord) -> Result<(), WireError> {
     check_images(&record.images)?;
     if record.inbox.len() > MAX_INBOX {
         return bad("inbox too long");
+    }
+    if record.shares.len() > MAX_SHARES {
+        return bad("too many shares");
+    }
+    for s in &record.shares {
+        check_user(&s.viewer).map_err(WireError)?;
+        check_image_id(&s.image_id).map_err(WireError)?;
+        if s.key.len() != 64 {
+            return bad("a share key must be 64 hex digits");
+        }
     }
     record.inbox.iter().try_for_each(|e| check_envelope(&e.envelope))
 }

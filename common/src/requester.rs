@@ -81,10 +81,24 @@ impl Requester {
     }
 
     /// Starts a request, letting `sign` fill in its authentication once its id is known.
-    pub fn start_with(&mut self, now: u64, mut op: Op, sign: impl FnOnce(&mut Op, RequestId)) -> (RequestId, Msg) {
-        let rid = RequestId { client: self.client, seq: self.next_seq };
+    pub fn start_with(&mut self, now: u64, op: Op, sign: impl FnOnce(&mut Op, RequestId)) -> (RequestId, Msg) {
+        self.start_as(now, None, op, sign)
+    }
+
+    /// Starts a request under `rid` if given (a request whose identity is part of its meaning,
+    /// as a view's slot is: see `views::slot_rid`), else under this requester's next id.
+    pub fn start_as(
+        &mut self,
+        now: u64,
+        rid: Option<RequestId>,
+        mut op: Op,
+        sign: impl FnOnce(&mut Op, RequestId),
+    ) -> (RequestId, Msg) {
+        let rid = rid.unwrap_or_else(|| {
+            self.next_seq += 1;
+            RequestId { client: self.client, seq: self.next_seq - 1 }
+        });
         sign(&mut op, rid);
-        self.next_seq += 1;
         self.stats.started += 1;
         self.outstanding.insert(rid, Outstanding { op: op.clone(), started: now, last_sent: now });
         (rid, Msg::Request { rid, op })

@@ -8,6 +8,7 @@
 
 use common::config::ServerId;
 use common::protocol::{InboxEntry, UserInfo, UserRecord, Version};
+use common::views::merge_shares;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -53,9 +54,11 @@ pub fn merge_inbox(newer: &[InboxEntry], older: &[InboxEntry]) -> Vec<InboxEntry
 impl Directory {
     /// Applies a record if it is newer than ours; returns true if it changed anything.
     ///
-    /// The newer record wins, except its inbox: the two inboxes are merged (union by message,
-    /// a delivered tombstone beating its pending entry), so two servers buffering messages for
-    /// the same user at once lose neither.
+    /// The newer record wins, except its inbox and its shares: the two inboxes are merged
+    /// (union by message, a delivered tombstone beating its pending entry), so two servers
+    /// buffering messages for the same user at once lose neither; shares are joined share by
+    /// share (the newer grant, the highest slot used), so a view and a grant decided at once on
+    /// two servers are both kept.
     pub fn apply(&mut self, rec: UserRecord) -> bool {
         self.clock = self.clock.max(rec.version.counter);
         let Some(old) = self.users.get(&rec.name) else {
@@ -65,6 +68,7 @@ impl Directory {
         };
         let (mut merged, other) = if rec.version > old.version { (rec, old.clone()) } else { (old.clone(), rec) };
         merged.inbox = merge_inbox(&merged.inbox, &other.inbox);
+        merged.shares = merge_shares(&merged.shares, &other.shares);
         if Some(&merged) == self.users.get(&merged.name) {
             return false;
         }
@@ -155,6 +159,7 @@ mod tests {
             version: Version { counter, server },
             created_by: RequestId { client: 1, seq: 1 },
             inbox: vec![],
+            shares: vec![],
         }
     }
 

@@ -10,7 +10,8 @@ use crate::directory::Directory;
 use common::auth::{self, secret_bytes};
 use common::config::ServerId;
 use common::crypto::{self, KeyGen, Purpose};
-use common::protocol::{Answer, Envelope, InboxEntry, Op, RequestId, UserInfo, UserRecord, MAX_LIST};
+use common::protocol::{Answer, Envelope, InboxEntry, Op, RequestId, UserInfo, UserRecord, ViewAnswer, MAX_LIST};
+use common::views::{self, LeasePolicy, ShareRecord};
 use std::net::SocketAddr;
 
 /// Messages one user may have waiting in the cloud (a record must fit one datagram).
@@ -51,6 +52,17 @@ pub fn authorize(dir: &Directory, rid: RequestId, op: &Op, wall_ms: u64, window_
     auth::check_request(op, rid, &secret_bytes(&rec.secret), wall_ms, window_ms)
 }
 
+/// Checks, as it arrives, a request whose id is prescribed by its operation (a view: the id of
+/// its slot), so that only the user it acts for can start the one decision of that id. Other
+/// requests pass (they are checked when executed).
+pub fn admit(dir: &Directory, rid: RequestId, op: &Op, wall_ms: u64, window_ms: u64) -> Result<(), String> {
+    let Op::View { viewer, owner, image_id, slot, .. } = op else { return Ok(()) };
+    if rid != views::slot_rid(owner, viewer, image_id, *slot) {
+        return Err("a view's request id must be its slot's".into());
+    }
+    authorize(dir, rid, op, wall_ms, window_ms)
+}
+
 /// The key `purpose` of `user`, from the directory.
 pub fn user_key(dir: &Directory, user: &str, purpose: Purpose) -> Option<crypto::Key> {
     dir.get(user).map(|r| crypto::derive(&secret_bytes(&r.secret), purpose))
@@ -81,7 +93,17 @@ pub fn execute(
         Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => {
             fail(format!("{} is not a directory operation", op.kind()))
         }
-        Op::ShareKey { owner, viewer, image_id, .. } => share_key(dir, owner, viewer, image_id, keys),
+        Op::ShareKey { owner, viewer, image_id, .. } => done(share_key(dir, me, owner, viewer, image_id, keys)),
+        Op::Grant { owner, viewer, image_id, views, add, lease, .. } => {
+            done(grant(dir, me, owner, viewer, image_id, Grant { views: *views, add: *add, lease: *lease }))
+        }
+        Op::View { .. } => done(view(dir, me, rid, op)),
+        Op::Views { viewer, owner, image_id, .. } => done(authed(dir, owner).and_then(|rec| {
+            let s = find_share(&rec, viewer, image_id)
+                .ok_or_else(|| format!("{owner} shares no {image_id} with {viewer}"))?;
+            let result = Ok(Answer::Views { left: s.left(), next: s.next_slot(), grant: s.grant, lease: s.lease });
+            Ok(Outcome { result, changed: vec![] })
+        })),
         Op::Buffer { name, envelope, unreachable, .. } => done(buffer(dir, me, name, envelope, *unreachable)),
         Op::InboxAck { name, ids, .. } => done(inbox_ack(dir, me, name, ids)),
     }
@@ -112,6 +134,7 @@ fn register(dir: &mut Directory, me: ServerId, rid: RequestId, name: &str, keys:
         version: dir.next_version(me),
         created_by: rid,
         inbox: vec![],
+        shares: vec![],
     };
     let result = Ok(Answer::Registered { user_id: rec.user_id, name: rec.name.clone(), secret: rec.secret.clone() });
     Outcome { result, changed: vec![rec] }
@@ -157,17 +180,141 @@ fn list_online(dir: &Directory) -> Outcome {
     Outcome { result: Ok(Answer::Online(list)), changed: vec![] }
 }
 
-/// A fresh share key for `owner`'s `image_id` shared with `viewer`, sealed for each of them.
-fn share_key(dir: &Directory, owner: &str, viewer: &str, image_id: &str, keys: &mut KeyGen) -> Outcome {
-    let (Some(o), Some(v)) = (dir.get(owner), dir.get(viewer)) else {
-        return fail(format!("unknown user {viewer}"));
+/// The share key of `owner`'s `image_id` shared with `viewer` — made fresh at the first
+/// approval and kept in the owner's record — sealed for the owner, and the rights key derived
+/// from it sealed for the viewer (the viewer never holds the key that opens the image: the cloud
+/// hands that out once per view).
+fn share_key(
+    dir: &mut Directory,
+    me: ServerId,
+    owner: &str,
+    viewer: &str,
+    image_id: &str,
+    keys: &mut KeyGen,
+) -> Result<Outcome, String> {
+    let mut rec = authed(dir, owner)?;
+    let v = dir.get(viewer).cloned().ok_or_else(|| format!("unknown user {viewer}"))?;
+    let mut changed = vec![];
+    let key = match find_share(&rec, viewer, image_id).and_then(|s| s.share_key()) {
+        Some(k) => k,
+        None => {
+            make_room(&mut rec.shares)?;
+            let k = keys.next_key();
+            let version = dir.next_version(me);
+            rec.shares.push(ShareRecord::new(viewer, image_id, &k, version));
+            rec.version = version;
+            changed.push(rec.clone());
+            k
+        }
     };
-    let share = keys.next_key();
     let aad = auth::share_aad(owner, viewer, image_id);
-    let wrap = |r: &UserRecord| {
-        crypto::to_hex(&crypto::seal(&crypto::derive(&secret_bytes(&r.secret), Purpose::Wrap), &aad, &share))
+    let wrap = |r: &UserRecord, k: &crypto::Key| {
+        crypto::to_hex(&crypto::seal(&crypto::derive(&secret_bytes(&r.secret), Purpose::Wrap), &aad, k))
     };
-    Outcome { result: Ok(Answer::ShareKey { for_owner: wrap(o), for_viewer: wrap(v) }), changed: vec![] }
+    let result = Ok(Answer::ShareKey { for_owner: wrap(&rec, &key), for_viewer: wrap(&v, &views::rights_key(&key)) });
+    Ok(Outcome { result, changed })
+}
+
+/// Room for one more share: when the owner has [`views::MAX_SHARES`], the oldest share with no
+/// views left goes (its viewer can no longer view it anyway).
+fn make_room(shares: &mut Vec<ShareRecord>) -> Result<(), String> {
+    if shares.len() < views::MAX_SHARES {
+        return Ok(());
+    }
+    let oldest = shares.iter().enumerate().filter(|(_, s)| s.left() == 0).min_by_key(|(_, s)| s.version);
+    match oldest {
+        Some((i, _)) => {
+            shares.remove(i);
+            Ok(())
+        }
+        None => Err(format!("you share {} images with views left: revoke some first", views::MAX_SHARES)),
+    }
+}
+
+fn find_share<'a>(rec: &'a UserRecord, viewer: &str, image_id: &str) -> Option<&'a ShareRecord> {
+    rec.shares.iter().find(|s| s.viewer == viewer && s.image_id == image_id)
+}
+
+/// What the owner's grant asks.
+struct Grant {
+    views: u32,
+    add: bool,
+    lease: Option<LeasePolicy>,
+}
+
+/// Sets the views `viewer` has left on `owner`'s `image_id` (or adds to them): a new window of
+/// slots above every slot used so far.
+fn grant(
+    dir: &mut Directory,
+    me: ServerId,
+    owner: &str,
+    viewer: &str,
+    image_id: &str,
+    g: Grant,
+) -> Result<Outcome, String> {
+    let mut rec = authed(dir, owner)?;
+    let version = dir.next_version(me);
+    let share = rec
+        .shares
+        .iter_mut()
+        .find(|s| s.viewer == viewer && s.image_id == image_id)
+        .ok_or_else(|| format!("{viewer} has no share of {image_id} (approve a request first)"))?;
+    let left = if g.add { share.left().saturating_add(g.views) } else { g.views }.min(views::MAX_VIEWS);
+    let grant = share.set_left(left, version);
+    if let Some(l) = g.lease {
+        share.lease = l;
+    }
+    rec.version = version;
+    Ok(Outcome { result: Ok(Answer::Granted { left, grant }), changed: vec![rec] })
+}
+
+/// One view: spends the slot the request asks for if the owner's current window allows it, and
+/// seals the image key for this request's nonce; a slot that is not spendable is burned (so its
+/// request id, decided once, can never spend it later) and the answer says where to try next.
+fn view(dir: &mut Directory, me: ServerId, rid: RequestId, op: &Op) -> Result<Outcome, String> {
+    let Op::View { viewer, owner, image_id, slot, nonce, lease, .. } = op else {
+        return Err("not a view".into());
+    };
+    if rid != views::slot_rid(owner, viewer, image_id, *slot) {
+        return Err("a view's request id must be its slot's".into());
+    }
+    let wrap = user_key(dir, viewer, Purpose::Wrap).ok_or_else(|| format!("unknown user {viewer}"))?;
+    let mut rec = authed(dir, owner)?;
+    let share = rec
+        .shares
+        .iter_mut()
+        .find(|s| &s.viewer == viewer && &s.image_id == image_id)
+        .ok_or_else(|| format!("{owner} shares no {image_id} with {viewer}"))?;
+    // A lease the owner does not allow spends nothing (the answer says so: no lease time).
+    let spent = share.spendable(*slot) && (!*lease || share.lease.views > 0);
+    let key = match (spent, share.share_key()) {
+        (true, Some(k)) => {
+            let sealed = crypto::seal(
+                &views::view_wrap_key(&wrap, nonce),
+                &views::view_aad(owner, viewer, image_id, *slot),
+                &views::image_key(&k),
+            );
+            Some(crypto::to_hex(&sealed))
+        }
+        _ => None,
+    };
+    let moved = *slot > share.top;
+    share.top = share.top.max(*slot);
+    let answer = ViewAnswer {
+        slot: *slot,
+        nonce: nonce.clone(),
+        key,
+        left: share.left(),
+        next: share.next_slot(),
+        lease_secs: if spent && *lease { share.lease.secs } else { 0 },
+        grant: share.grant,
+    };
+    let mut changed = vec![];
+    if moved {
+        rec.version = dir.next_version(me);
+        changed.push(rec);
+    }
+    Ok(Outcome { result: Ok(Answer::Viewed(answer)), changed })
 }
 
 /// Keeps `envelope` in its recipient's inbox; if neither the sender nor the cloud could reach
@@ -349,8 +496,8 @@ mod tests {
         let wrap = |u: &str| crypto::derive(&secret_bytes(&d.get(u).unwrap().secret), Purpose::Wrap);
         let aad = auth::share_aad("alice", "bob", "cat");
         let open = |u: &str, sealed: &str| crypto::open(&wrap(u), &aad, &crypto::from_hex(sealed).unwrap());
-        let k1 = open("alice", &for_owner).unwrap();
-        assert_eq!(open("bob", &for_viewer).unwrap(), k1);
+        let k1: crypto::Key = open("alice", &for_owner).unwrap().try_into().unwrap();
+        assert_eq!(open("bob", &for_viewer).unwrap(), views::rights_key(&k1).to_vec(), "the viewer: the rights key");
         assert!(open("carol", &for_viewer).is_err());
         assert!(crypto::open(
             &wrap("bob"),
@@ -358,5 +505,133 @@ mod tests {
             &crypto::from_hex(&for_viewer).unwrap()
         )
         .is_err());
+    }
+
+    /// alice, bob and carol registered; alice shares "cat" with bob (the share key made).
+    fn shared() -> (Directory, KeyGen) {
+        let mut d = Directory::default();
+        let mut keys = KeyGen::from_seed(5);
+        for (seq, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            run(&mut d, 1, RequestId { client: 1, seq }, &Op::Register { name: name.into() }, &mut keys);
+        }
+        let op =
+            Op::ShareKey { owner: "alice".into(), auth: Auth::default(), viewer: "bob".into(), image_id: "cat".into() };
+        assert!(run(&mut d, 1, RequestId { client: 2, seq: 1 }, &op, &mut keys).result.is_ok());
+        (d, keys)
+    }
+
+    fn grant_op(views: u32, add: bool) -> Op {
+        Op::Grant {
+            owner: "alice".into(),
+            auth: Auth::default(),
+            viewer: "bob".into(),
+            image_id: "cat".into(),
+            views,
+            add,
+            lease: None,
+        }
+    }
+
+    fn view_op(slot: u32, nonce: &str) -> (RequestId, Op) {
+        let op = Op::View {
+            viewer: "bob".into(),
+            auth: Auth::default(),
+            owner: "alice".into(),
+            image_id: "cat".into(),
+            slot,
+            nonce: nonce.into(),
+            lease: false,
+        };
+        (views::slot_rid("alice", "bob", "cat", slot), op)
+    }
+
+    fn viewed(d: &mut Directory, keys: &mut KeyGen, slot: u32, nonce: &str) -> ViewAnswer {
+        let (rid, op) = view_op(slot, nonce);
+        match run(d, 2, rid, &op, keys).result {
+            Ok(Answer::Viewed(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_slot_of_the_window_is_one_view_and_the_key_opens_for_the_nonce_only() {
+        let (mut d, mut keys) = shared();
+        let g = run(&mut d, 1, RequestId { client: 2, seq: 2 }, &grant_op(2, false), &mut keys);
+        assert_eq!(g.result, Ok(Answer::Granted { left: 2, grant: 1 }));
+        let n = "0123456789abcdef0123456789abcdef";
+        let a = viewed(&mut d, &mut keys, 1, n);
+        assert_eq!((a.left, a.next), (1, 2));
+        let wrap = user_key(&d, "bob", Purpose::Wrap).unwrap();
+        let sealed = crypto::from_hex(a.key.as_deref().unwrap()).unwrap();
+        let share = find_share(d.get("alice").unwrap(), "bob", "cat").unwrap().share_key().unwrap();
+        let opened = crypto::open(&views::view_wrap_key(&wrap, n), &views::view_aad("alice", "bob", "cat", 1), &sealed);
+        assert_eq!(opened.unwrap(), views::image_key(&share).to_vec());
+        let other = views::view_wrap_key(&wrap, "ffffffffffffffffffffffffffffffff");
+        assert!(crypto::open(&other, &views::view_aad("alice", "bob", "cat", 1), &sealed).is_err(), "another nonce");
+        // Slot 1 again (a request whose decision was forgotten): used, nothing sealed.
+        let again = viewed(&mut d, &mut keys, 1, n);
+        assert_eq!((again.key, again.left, again.next), (None, 1, 2));
+        assert!(viewed(&mut d, &mut keys, 2, n).key.is_some());
+        let none = viewed(&mut d, &mut keys, 3, n);
+        assert_eq!((none.key, none.left, none.next), (None, 0, 4), "no views left: slot 3 is burned");
+        // More views open a window above slot 3.
+        run(&mut d, 1, RequestId { client: 2, seq: 3 }, &grant_op(2, true), &mut keys);
+        assert!(viewed(&mut d, &mut keys, 3, n).key.is_none(), "a burned slot stays dead");
+        assert!(viewed(&mut d, &mut keys, 4, n).key.is_some());
+        // A revoke closes the window.
+        run(&mut d, 1, RequestId { client: 2, seq: 4 }, &grant_op(0, false), &mut keys);
+        assert_eq!(viewed(&mut d, &mut keys, 5, n).key, None);
+    }
+
+    #[test]
+    fn a_view_must_use_its_slots_request_id_and_a_share() {
+        let (mut d, mut keys) = shared();
+        run(&mut d, 1, RequestId { client: 2, seq: 2 }, &grant_op(5, false), &mut keys);
+        let (_, op) = view_op(1, "0123456789abcdef0123456789abcdef");
+        let wrong = RequestId { client: 77, seq: 1 };
+        assert!(run(&mut d, 1, wrong, &op, &mut keys).result.unwrap_err().contains("request id"));
+        let carol = Op::View {
+            viewer: "carol".into(),
+            auth: Auth::default(),
+            owner: "alice".into(),
+            image_id: "cat".into(),
+            slot: 1,
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            lease: false,
+        };
+        let rid = views::slot_rid("alice", "carol", "cat", 1);
+        assert!(run(&mut d, 1, rid, &carol, &mut keys).result.unwrap_err().contains("shares no cat with carol"));
+        let lease = Op::View {
+            viewer: "bob".into(),
+            auth: Auth::default(),
+            owner: "alice".into(),
+            image_id: "cat".into(),
+            slot: 1,
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            lease: true,
+        };
+        let Ok(Answer::Viewed(a)) = run(&mut d, 1, views::slot_rid("alice", "bob", "cat", 1), &lease, &mut keys).result
+        else {
+            panic!()
+        };
+        assert_eq!((a.key, a.lease_secs, a.left), (None, 0, 4), "no lease allowed: the slot is burned, no view spent");
+    }
+
+    #[test]
+    fn the_share_key_is_made_once_and_the_viewer_gets_only_the_rights_key() {
+        let (mut d, mut keys) = shared();
+        let op =
+            Op::ShareKey { owner: "alice".into(), auth: Auth::default(), viewer: "bob".into(), image_id: "cat".into() };
+        let Ok(Answer::ShareKey { for_owner, for_viewer }) =
+            run(&mut d, 1, RequestId { client: 3, seq: 1 }, &op, &mut keys).result
+        else {
+            panic!()
+        };
+        let wrap = |u: &str| crypto::derive(&secret_bytes(&d.get(u).unwrap().secret), Purpose::Wrap);
+        let aad = auth::share_aad("alice", "bob", "cat");
+        let open = |u: &str, sealed: &str| crypto::open(&wrap(u), &aad, &crypto::from_hex(sealed).unwrap()).unwrap();
+        let share = find_share(d.get("alice").unwrap(), "bob", "cat").unwrap().share_key().unwrap();
+        assert_eq!(open("alice", &for_owner), share.to_vec(), "the same key as at the first approval");
+        assert_eq!(open("bob", &for_viewer), views::rights_key(&share).to_vec());
     }
 }

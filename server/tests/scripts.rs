@@ -416,6 +416,7 @@ impl World {
             version: Version { counter: 5, server: s },
             created_by: rid,
             inbox: vec![],
+            shares: vec![],
         }
     }
 

@@ -254,10 +254,16 @@ impl CloudClient {
     /// Starts `op`, signed as `Cloud::call` does with the simulated wall clock the nodes use,
     /// sends it to every server and waits on it.
     pub fn request(&mut self, net: &mut Net, op: Op) -> RequestId {
+        self.request_as(net, None, op)
+    }
+
+    /// [`CloudClient::request`] under `rid` if given (a request whose id is its meaning: a
+    /// view's slot).
+    pub fn request_as(&mut self, net: &mut Net, rid: Option<RequestId>, op: Op) -> RequestId {
         let now = net.now;
         let secret = common::auth::secret_bytes(&self.token);
         self.doing = op.kind();
-        let (rid, msg) = self.req.start_with(now, op, |op, rid| {
+        let (rid, msg) = self.req.start_as(now, rid, op, |op, rid| {
             common::auth::sign_request(op, rid, &secret, server::node::SIM_WALL_BASE + now)
         });
         net.send_to_servers(self.node, &msg);

@@ -12,6 +12,15 @@ impl Node {
             self.send(Peer::Client(addr), Msg::Reply(reply));
             return;
         }
+        // A request whose id is its meaning (a view's slot) is checked before any vote: a forged
+        // or stale copy is answered here and never decided, so it cannot take the slot's one
+        // decision from its owner.
+        if let Err(e) = ops::admit(&self.dir, rid, &op, self.cfg.wall_base + now, self.cfg.auth_window) {
+            self.log(format!("{rid}: {} refused before any vote: {e}", op.kind()));
+            let reply = Reply { rid, server: self.cfg.id, result: Err(e) };
+            self.send(Peer::Client(addr), Msg::Reply(reply));
+            return;
+        }
         if let Some(e) = self.requests.get_mut(&rid) {
             e.reply_to.get_or_insert(addr);
             if e.op.is_none() {

@@ -289,6 +289,7 @@ mod tests {
             version: Version { counter: 5, server },
             created_by: rid(),
             inbox: vec![],
+            shares: vec![],
         }
     }
 

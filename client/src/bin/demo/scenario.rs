@@ -362,15 +362,15 @@ impl Demo {
     fn views_run_out(&mut self, id: &str) -> Result<(), String> {
         self.title(
             "bob's views run out",
-            "Each view reveals the hidden photo once and counts down the views stored in bob's copy. \
-             After the second view only the innocent cover is left to see.",
+            "Each view asks the cloud, which counts it and hands bob's client the key for this one view; \
+             the photo is shown from memory. After the second view only the innocent cover is left \
+             to see, whatever bob's files say.",
         )?;
         for left in [1, 0] {
             let (line, _) = self.ok("bob", &format!("view {id}"))?;
             expect(line.contains(&format!("({left} views left)")), &format!("({left} views left)"), &line)?;
-            let path = line.rsplit(" in ").next().unwrap_or_default().trim().to_string();
-            let same = std::fs::read(&path).is_ok_and(|b| b == self.original);
-            expect(same, "the revealed file equals alice's photo byte for byte", &path)?;
+            let same = client::viewing::revealed_is(&line, &self.original);
+            expect(same, "the revealed image equals alice's photo byte for byte (its SHA-256)", &line)?;
         }
         let (line, _) = self.cmd("bob", &format!("view {id}"))?;
         expect(line.starts_with("error:") && line.contains("only the cover"), "error: no views left", &line)?;
@@ -380,7 +380,8 @@ impl Demo {
     fn grant_online(&mut self, id: &str) -> Result<(), String> {
         self.title(
             "alice grants bob 3 more views while he is online",
-            "The new number of views goes straight to bob's client, which updates his copy.",
+            "The cloud counts the new number of views at once; bob's client is told too, so his copy \
+             shows it.",
         )?;
         let (line, _) = self.ok("alice", &format!("grant bob {id} 3"))?;
         expect(line.contains("delivered to bob"), "delivered to bob", &line)?;
@@ -394,9 +395,9 @@ impl Demo {
     fn offline_grants(&mut self, id: &str) -> Result<(), String> {
         self.title(
             "bob goes offline; alice changes his views twice; bob comes back",
-            "bob quits. alice's grants cannot reach him, so the cloud keeps them for him in the \
-             replicated directory. When bob signs in again his client fetches them and applies \
-             them in order.",
+            "bob quits. alice's grants hold in the cloud at once; the messages for bob's client \
+             cannot reach him, so the cloud keeps them in the replicated directory. When bob signs \
+             in again his client fetches them and applies them in order.",
         )?;
         self.quit("bob")?;
         let (_, out) = self.ok("alice", "peers")?;
