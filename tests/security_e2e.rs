@@ -12,30 +12,10 @@ use common::auth::{sign_request, wall_ms};
 use common::protocol::{decode, encode_msg, Answer, Auth, Envelope, Frame, Msg, Op, PeerBody, Reply, RequestId};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use support::{cluster_with, register, ClientProc};
+use support::{cluster_with, notice, ok, register, ClientProc};
 
 /// The replay window of this test's cluster, ms.
 const WINDOW_MS: u64 = 2_000;
-
-fn ok(c: &mut ClientProc, cmd: &str) -> String {
-    let line = c.run(cmd);
-    assert!(line.starts_with("ok:"), "{cmd}: {line}; saw {:?}", c.seen);
-    line
-}
-
-fn notice(c: &mut ClientProc, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if c.seen.iter().any(|l| l.contains(what)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        c.send("stats");
-        let _ = c.result(Duration::from_secs(5));
-    }
-    let notices: Vec<&String> = c.seen.iter().filter(|l| !l.starts_with("ok: requests=")).collect();
-    panic!("no notice {what:?}; saw {notices:?}");
-}
 
 /// Sends `msg` to every server's client port from `sock`; waits for the reply to `rid`.
 fn raw_call(sock: &UdpSocket, servers: &[SocketAddr], rid: RequestId, msg: &Msg) -> Option<Reply> {

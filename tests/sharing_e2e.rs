@@ -6,30 +6,11 @@
 mod support;
 
 use std::time::Duration;
-use support::{cluster, ClientProc};
+use support::{cluster, notice, ok, ClientProc};
 
 fn signed_in(c: &mut ClientProc) {
     let line = c.result(Duration::from_secs(20)).unwrap_or_default();
     assert!(line.starts_with("ok: signed in"), "{line}");
-}
-
-fn ok(c: &mut ClientProc, cmd: &str) -> String {
-    let line = c.run(cmd);
-    assert!(line.starts_with("ok:"), "{cmd:?} -> {line}; saw {:?}", c.seen);
-    line
-}
-
-/// Waits until a `notice:` line containing `what` shows up.
-fn notice(c: &mut ClientProc, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if c.seen.iter().any(|l| l.starts_with("notice:") && l.contains(what)) {
-            return;
-        }
-        // `stats` is a harmless command that lets us read whatever the engine printed.
-        c.run("stats");
-    }
-    panic!("no notice containing {what:?}; saw {:?}", c.seen);
 }
 
 fn views_of(c: &mut ClientProc, image: &str) -> Option<u32> {

@@ -13,29 +13,10 @@ use common::protocol::{Answer, Auth, Op};
 use common::views::{self, slot_rid};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use support::{cluster, ClientProc};
+use std::time::Duration;
+use support::{cluster, notice, ok, ClientProc};
 
 const IMAGE: &str = "sample-10k";
-
-fn ok(c: &mut ClientProc, cmd: &str) -> String {
-    let line = c.run(cmd);
-    assert!(line.starts_with("ok:"), "{cmd}: {line}; saw {:?}", c.seen);
-    line
-}
-
-fn notice(c: &mut ClientProc, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if c.seen.iter().any(|l| l.contains(what)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        c.send("stats");
-        let _ = c.result(Duration::from_secs(5));
-    }
-    panic!("no notice {what:?}; saw {:?}", c.seen);
-}
 
 fn started(c: &Cluster, name: &str) -> ClientProc {
     let mut p = ClientProc::start(c, name);
@@ -249,4 +230,29 @@ fn forged_and_replayed_view_requests_get_no_view() {
     assert_eq!(cloud_left(&c), 1);
     bob.finish();
     alice.finish();
+}
+
+#[test]
+fn a_lease_gives_views_without_the_cloud_counted_when_taken() {
+    let mut c = cluster("views-lease", 3);
+    let (mut alice, mut bob) = shared(&c, 5);
+    let r = bob.run(&format!("lease {IMAGE} 2"));
+    assert!(r.starts_with("error:") && r.contains("allows no offline views"), "{r}");
+    ok(&mut alice, &format!("offline bob {IMAGE} 2 60"));
+    let r = ok(&mut bob, &format!("lease {IMAGE} 2"));
+    assert!(r.contains(&format!("2 views of {IMAGE} leased")), "{r}");
+    assert_eq!(cloud_left(&c), 3, "leased views are counted when taken");
+
+    // The cloud goes away: the lease still shows the photo, twice, and then a view needs the cloud.
+    c.kill_all();
+    notice(&mut bob, "lost the cloud");
+    let original = std::fs::read("images/sample-10k.jpg").expect("sample");
+    for _ in 0..2 {
+        let line = ok(&mut bob, &format!("view {IMAGE}"));
+        assert!(line.contains("in your offline lease") && client::viewing::revealed_is(&line, &original), "{line}");
+    }
+    let line = bob.run(&format!("view {IMAGE}"));
+    assert!(line.starts_with("error: views are counted by the cloud, which is unreachable"), "{line}");
+    bob.kill();
+    alice.kill();
 }

@@ -406,7 +406,8 @@ impl Cloud {
 
     /// [`Cloud::call`] under a request id the operation prescribes (a view's slot).
     pub fn call_as(&mut self, rid: RequestId, op: Op) -> Result<CallResult, String> {
-        self.call_inner(Some(rid), op, None, None)
+        let result = self.run_call(Some(rid), op, None, None);
+        self.after_call(result)
     }
 
     /// [`Cloud::call`], giving up after `max_wait` if given (and sooner if the cloud is lost).
@@ -416,21 +417,15 @@ impl Cloud {
         payload: Option<&[u8]>,
         max_wait: Option<Duration>,
     ) -> Result<CallResult, String> {
-        self.call_inner(None, op, payload, max_wait)
+        let result = self.run_call(None, op, payload, max_wait);
+        self.after_call(result)
     }
 
-    fn call_inner(
-        &mut self,
-        rid: Option<RequestId>,
-        op: Op,
-        payload: Option<&[u8]>,
-        max_wait: Option<Duration>,
-    ) -> Result<CallResult, String> {
-        let result = self.run_call(rid, op, payload, max_wait);
+    /// What every call ends with: the partials mirrored, the progress line (if any) ended.
+    fn after_call(&mut self, result: Result<CallResult, String>) -> Result<CallResult, String> {
         if let Some(m) = self.mirror.as_mut() {
             m.checkpoint(&self.transfers);
         }
-        // Whatever happened, the progress line (if any) ends here.
         if let Some(p) = self.progress.as_mut() {
             p("", 0, 0);
         }

@@ -235,3 +235,25 @@ pub fn seal_own(secret: &[u8], owner: &str, image: &[u8]) -> Vec<u8> {
 pub fn encrypt_op(owner: &str, len: usize) -> common::protocol::Op {
     common::protocol::Op::Encrypt { owner: owner.into(), auth: Default::default(), len: len as u64 }
 }
+
+/// Runs `cmd`, which must end with an `ok:` line; returns it.
+pub fn ok(c: &mut ClientProc, cmd: &str) -> String {
+    let line = c.run(cmd);
+    assert!(line.starts_with("ok:"), "{cmd:?} -> {line}; saw {:?}", c.seen);
+    line
+}
+
+/// Waits (20 s at most) until a `notice:` line containing `what` shows up; `stats`, a harmless
+/// command, lets us read whatever the client printed meanwhile.
+pub fn notice(c: &mut ClientProc, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if c.seen.iter().any(|l| l.starts_with("notice:") && l.contains(what)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        c.run("stats");
+    }
+    let notices: Vec<&String> = c.seen.iter().filter(|l| l.starts_with("notice:")).collect();
+    panic!("no notice containing {what:?}; saw {notices:?}");
+}
