@@ -296,11 +296,26 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     wrap_hanging(text, width, width)
 }
 
-/// Like [`wrap`], the first line `first` wide, the others `rest`.
+/// Like [`wrap`], the first line `first` wide, the others `rest`. A unit after a number
+/// (`3.6 s`) stays with it; a hash too long for a line is shown as its ends (`e7f370ce…8a3ce`).
 pub fn wrap_hanging(text: &str, first: usize, rest: usize) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        let unit = matches!(word.trim_end_matches([',', ';', ')', '.', ':']), "s" | "ms");
+        match words.last_mut() {
+            Some(prev) if unit && prev.ends_with(|c: char| c.is_ascii_digit()) => {
+                prev.push(' ');
+                prev.push_str(word);
+            }
+            _ if word.len() > rest.max(first) && word.len() >= 32 && word.chars().all(|c| c.is_ascii_hexdigit()) => {
+                words.push(format!("{}…{}", &word[..12], &word[word.len() - 12..]));
+            }
+            _ => words.push(word.to_string()),
+        }
+    }
     let mut lines: Vec<String> = Vec::new();
     let mut cur = String::new();
-    for word in text.split_whitespace() {
+    for word in &words {
         let limit = if lines.is_empty() { first } else { rest };
         let len = cur.chars().count();
         if len > 0 && len + 1 + word.chars().count() > limit {
@@ -339,6 +354,10 @@ mod tests {
         }
         assert_eq!(wrap("a verylongwordindeed b", 5), ["a", "verylongwordindeed", "b"]);
         assert_eq!(wrap_hanging("aa bb cc dd", 5, 2), ["aa bb", "cc", "dd"]);
+        assert_eq!(wrap("came after 3.6 s; then", 14), ["came after", "3.6 s; then"]);
+        let hash = "e7f370cec3a8b3943ad529b209796ccd524e9710ddbedf718b01df4172e8a3ce";
+        assert_eq!(wrap(&format!("sha256 {hash}"), 40), ["sha256 e7f370cec3a8…df4172e8a3ce"]);
+        assert_eq!(wrap(&format!("sha256 {hash}"), 80), [format!("sha256 {hash}")]);
     }
 
     #[test]

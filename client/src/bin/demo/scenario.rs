@@ -755,10 +755,10 @@ impl Demo {
                 }
                 let what = if now_up {
                     backs.push(id);
-                    "UP again; the others push it the directory"
+                    "UP again (the others send it the directory)"
                 } else {
                     downs.push(id);
-                    "DOWN: its turn (load 999, ignores everything)"
+                    "DOWN (its turn)"
                 };
                 let now = chrono::Local::now();
                 let at = format!("{}.{}", now.format("%H:%M:%S"), now.timestamp_subsec_millis() / 100);
