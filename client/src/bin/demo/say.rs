@@ -260,9 +260,9 @@ impl Say {
             }
             if tok == "server" || tok == "servers" || tok == "Server" || tok == "Servers" {
                 after_server = true;
-            } else if word && !matches!(tok, "then" | "and" | "or") && !tok.chars().all(|c| c.is_ascii_digit()) {
-                after_server = false;
-            } else if !word && !matches!(tok, " " | "," | "[" | "]") {
+            } else if (word && !matches!(tok, "then" | "and" | "or") && !tok.chars().all(|c| c.is_ascii_digit()))
+                || (!word && !matches!(tok, " " | "," | "[" | "]"))
+            {
                 after_server = false;
             }
         }
@@ -297,13 +297,18 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// Like [`wrap`], the first line `first` wide, the others `rest`. A unit after a number
-/// (`3.6 s`) stays with it; a hash too long for a line is shown as its ends (`e7f370ce…8a3ce`).
+/// (`3.6 s`) and a server's id (`server 2`) stay with it; a hash too long for a line is shown as its ends (`e7f370ce…8a3ce`).
 pub fn wrap_hanging(text: &str, first: usize, rest: usize) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in text.split_whitespace() {
-        let unit = matches!(word.trim_end_matches([',', ';', ')', '.', ':']), "s" | "ms");
+        let bare = word.trim_end_matches([',', ';', ')', '.', ':', '\'']);
+        let unit = matches!(bare, "s" | "ms");
+        let id = !bare.is_empty() && bare.chars().all(|c| c.is_ascii_digit());
         match words.last_mut() {
-            Some(prev) if unit && prev.ends_with(|c: char| c.is_ascii_digit()) => {
+            Some(prev)
+                if (unit && prev.ends_with(|c: char| c.is_ascii_digit()))
+                    || (id && prev.ends_with("server") && !prev.contains(' ')) =>
+            {
                 prev.push(' ');
                 prev.push_str(word);
             }
@@ -355,6 +360,7 @@ mod tests {
         assert_eq!(wrap("a verylongwordindeed b", 5), ["a", "verylongwordindeed", "b"]);
         assert_eq!(wrap_hanging("aa bb cc dd", 5, 2), ["aa bb", "cc", "dd"]);
         assert_eq!(wrap("came after 3.6 s; then", 14), ["came after", "3.6 s; then"]);
+        assert_eq!(wrap("on the server 2), then", 12), ["on the", "server 2),", "then"]);
         let hash = "e7f370cec3a8b3943ad529b209796ccd524e9710ddbedf718b01df4172e8a3ce";
         assert_eq!(wrap(&format!("sha256 {hash}"), 40), ["sha256 e7f370cec3a8…df4172e8a3ce"]);
         assert_eq!(wrap(&format!("sha256 {hash}"), 80), [format!("sha256 {hash}")]);

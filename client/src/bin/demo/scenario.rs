@@ -94,6 +94,19 @@ fn names(output: &[String]) -> Vec<String> {
 /// Starts the dashboard on the cluster, says its URL and, when stdin is a terminal, waits for
 /// Enter so the class can open it before the story starts.
 fn open_dashboard(cluster: &Cluster, addr: &str, say: &mut Say) -> Result<Dashboard, String> {
+    // The page's operator buttons sign with the cluster key, read when it starts: create the
+    // key file now (as `./run.sh key` does), before the servers would.
+    let made = std::process::Command::new(sibling_binary("server")?)
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .arg("--print-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run server --print-key: {e}"))?;
+    if !made.success() {
+        return Err(format!("server --print-key failed ({made}): the dashboard's buttons would not work"));
+    }
     let d = Dashboard::start(&sibling_binary("status")?, &cluster.config_path, addr, WAIT)?;
     say.story(&format!(
         "The dashboard of this cluster (open it in a browser; it lives as long as the demo): {}",
@@ -762,7 +775,7 @@ impl Demo {
                 };
                 let now = chrono::Local::now();
                 let at = format!("{}.{}", now.format("%H:%M:%S"), now.timestamp_subsec_millis() / 100);
-                self.say.line(&format!("{at} (+{:.1} s)  server {id} {what}", start.elapsed().as_secs_f64()));
+                self.say.line(&format!("{at} (+{:.1} s) server {id} {what}", start.elapsed().as_secs_f64()));
             }
             let alice = self.client("alice")?;
             alice.send("peers")?;
