@@ -42,6 +42,27 @@ pub fn kill_registered() {
     }
 }
 
+/// Starts `cmd` (the program `bin`) with its stdout read line by line into the receiver and
+/// its stderr discarded, and records it.
+fn spawn_reading(cmd: &mut Command, bin: &Path) -> Result<(Child, Receiver<String>), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    register(child.id());
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
 /// SIGKILLs and reaps a child, and forgets it.
 fn stop(child: &mut Child) {
     let _ = child.kill();
@@ -82,27 +103,10 @@ pub struct Client {
 impl Client {
     /// Starts `client --name NAME --config CONFIG --data DATA`.
     pub fn start(bin: &Path, config: &Path, data: &Path, name: &str) -> Result<Client, String> {
-        let mut child = Command::new(bin)
-            .args(["--name", name, "--config"])
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        register(child.id());
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", name, "--config"]).arg(config).arg("--data").arg(data).stdin(Stdio::piped());
+        let (mut child, rx) = spawn_reading(&mut cmd, bin)?;
         let stdin = child.stdin.take();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
         Ok(Client { name: name.into(), child, stdin, lines: rx, seen: vec![] })
     }
 
@@ -202,23 +206,9 @@ pub struct Dashboard {
 impl Dashboard {
     /// Starts `status --config CONFIG --web ADDR` and waits for the URL it prints.
     pub fn start(bin: &Path, config: &Path, addr: &str, timeout: Duration) -> Result<Dashboard, String> {
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .args(["--web", addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        register(child.id());
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(config).args(["--web", addr]).stdin(Stdio::null());
+        let (child, rx) = spawn_reading(&mut cmd, bin)?;
         let mut dashboard = Dashboard { child, url: String::new() };
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
