@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The image cloud on this machine.
-#   ./run.sh demo [OPTIONS]    build (release) and play the narrated, checked classroom demo (own ports)
+#   ./run.sh demo [OPTIONS]    build (release) and play the narrated, checked classroom demo (own ports);
+#                              --step: Enter before each step; --web: its dashboard too (URL printed first)
 #   ./run.sh [SERVER OPTIONS]  build (release) and start every server of cluster.json in the foreground,
 #                              each with the options given (--simulate-failures: taking turns going down;
 #                              --slow-ms MS, --policy P: see target/release/server --help); refused

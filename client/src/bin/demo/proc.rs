@@ -1,5 +1,6 @@
 //! Real client processes driven by the demo through their stdin, their output read line by
-//! line; and the list of every child process the demo started, so Ctrl-C can kill them all.
+//! line; the `status --web` dashboard on the demo's cluster; and the list of every child
+//! process the demo started, so Ctrl-C can kill them all.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +42,34 @@ pub fn kill_registered() {
     }
 }
 
+/// Starts `cmd` (the program `bin`) with its stdout read line by line into the receiver and
+/// its stderr discarded, and records it.
+fn spawn_reading(cmd: &mut Command, bin: &Path) -> Result<(Child, Receiver<String>), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    register(child.id());
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// SIGKILLs and reaps a child, and forgets it.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+    unregister(child.id());
+}
+
 /// An error if Ctrl-C was pressed.
 pub fn check_stop() -> Result<(), String> {
     if STOP.load(Ordering::Relaxed) {
@@ -74,27 +103,10 @@ pub struct Client {
 impl Client {
     /// Starts `client --name NAME --config CONFIG --data DATA`.
     pub fn start(bin: &Path, config: &Path, data: &Path, name: &str) -> Result<Client, String> {
-        let mut child = Command::new(bin)
-            .args(["--name", name, "--config"])
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        register(child.id());
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", name, "--config"]).arg(config).arg("--data").arg(data).stdin(Stdio::piped());
+        let (mut child, rx) = spawn_reading(&mut cmd, bin)?;
         let stdin = child.stdin.take();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
         Ok(Client { name: name.into(), child, stdin, lines: rx, seen: vec![] })
     }
 
@@ -180,8 +192,44 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unregister(self.child.id());
+        stop(&mut self.child);
+    }
+}
+
+/// The `status --web` dashboard on the demo's cluster, stopped when dropped.
+pub struct Dashboard {
+    child: Child,
+    /// Its URL (with its token), as it printed it.
+    pub url: String,
+}
+
+impl Dashboard {
+    /// Starts `status --config CONFIG --web ADDR` and waits for the URL it prints.
+    pub fn start(bin: &Path, config: &Path, addr: &str, timeout: Duration) -> Result<Dashboard, String> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(config).args(["--web", addr]).stdin(Stdio::null());
+        let (child, rx) = spawn_reading(&mut cmd, bin)?;
+        let mut dashboard = Dashboard { child, url: String::new() };
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            check_stop()?;
+            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("dashboard: ") {
+                        dashboard.url = url.trim().to_string();
+                        return Ok(dashboard);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Err(format!("the dashboard (status --web {addr}) printed no URL; is the address free?"))
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        stop(&mut self.child);
     }
 }

@@ -3,16 +3,19 @@
 //! answer to `status` (and their logs). A step that does not see what it should returns an
 //! error saying what was expected and what was seen.
 
-use crate::proc::{self, check_stop, pause, Client, COMMAND_WAIT};
+use crate::proc::{self, check_stop, pause, Client, Dashboard, COMMAND_WAIT};
+use crate::say::{ColorMode, Say};
+use crate::table;
 use client::cloud::Cloud;
 use client::launch::{sibling_binary, Cluster};
-use client::status::{render, rows};
+use client::status::rows;
 use common::config::ServerId;
 use common::protocol::{Election, PeerView, ServerStatus};
 
 /// Load a server adds for each request it holds (as the servers announce it).
 const WORK_WEIGHT: u32 = 10;
 use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,9 @@ use std::time::{Duration, Instant};
 pub const STEPS: usize = 15;
 /// How long a server stays down in the failure simulation step, ms.
 const SIM_DOWN_MS: u64 = 3000;
+
+/// The widest picture drawn, columns.
+const PICTURE_COLS: usize = 48;
 
 /// How long the demo waits for a notice, a server state or a sign-in.
 const WAIT: Duration = Duration::from_secs(20);
@@ -36,6 +42,12 @@ pub struct Settings {
     pub image: PathBuf,
     /// Cover images for the servers (None: the built-in cover).
     pub covers: Option<PathBuf>,
+    /// When to colour (and draw pictures).
+    pub color: ColorMode,
+    /// Wait for Enter before each step happens.
+    pub step: bool,
+    /// Serve the dashboard on this address.
+    pub web: Option<String>,
 }
 
 /// The running demo: the cluster, the clients, and a status connection.
@@ -47,6 +59,8 @@ pub struct Demo {
     clients: BTreeMap<String, Client>,
     step: usize,
     original: Vec<u8>,
+    say: Say,
+    _dashboard: Option<Dashboard>,
 }
 
 fn expect(ok: bool, expected: &str, seen: &str) -> Result<(), String> {
@@ -77,6 +91,31 @@ fn names(output: &[String]) -> Vec<String> {
     output.iter().filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
 }
 
+/// Starts the dashboard on the cluster, says its URL and, when stdin is a terminal, waits for
+/// Enter so the class can open it before the story starts.
+fn open_dashboard(cluster: &Cluster, addr: &str, say: &mut Say) -> Result<Dashboard, String> {
+    // The page's operator buttons sign with the cluster key, read when it starts: create the
+    // key file now (as `./run.sh key` does), before the servers would.
+    let made = std::process::Command::new(sibling_binary("server")?)
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .arg("--print-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run server --print-key: {e}"))?;
+    if !made.success() {
+        return Err(format!("server --print-key failed ({made}): the dashboard's buttons would not work"));
+    }
+    let d = Dashboard::start(&sibling_binary("status")?, &cluster.config_path, addr, WAIT)?;
+    say.story(&format!(
+        "The dashboard of this cluster (open it in a browser; it lives as long as the demo): {}",
+        d.url
+    ));
+    say.wait_start("the story starts")?;
+    Ok(d)
+}
+
 fn load_text(p: &PeerView) -> String {
     if p.live {
         p.load.to_string()
@@ -101,6 +140,12 @@ impl Demo {
             }
         })?;
         let cloud = Cloud::connect(&cluster.cfg, None)?;
+        let listen = s.step || (s.web.is_some() && std::io::stdin().is_terminal());
+        let mut say = Say::new(s.color, s.step, listen);
+        let dashboard = match &s.web {
+            Some(addr) => Some(open_dashboard(&cluster, addr, &mut say)?),
+            None => None,
+        };
         Ok(Demo {
             s,
             cluster,
@@ -109,6 +154,8 @@ impl Demo {
             clients: BTreeMap::new(),
             step: 0,
             original,
+            say,
+            _dashboard: dashboard,
         })
     }
 
@@ -140,13 +187,14 @@ impl Demo {
     fn title(&mut self, title: &str, story: &str) -> Result<(), String> {
         check_stop()?;
         self.step += 1;
-        println!("\n[{}/{STEPS}] {title}", self.step);
-        println!("    {story}");
+        self.say.title(self.step, STEPS, title);
+        self.say.story(story);
+        self.say.wait_step(&format!("step {} happens", self.step))?;
         Ok(())
     }
 
     fn pass(&self, what: &str) -> Result<(), String> {
-        println!("    ✔ {what}");
+        self.say.pass(what);
         pause(self.s.pace)
     }
 
@@ -161,11 +209,11 @@ impl Demo {
     /// Runs a client command and shows it with its result line.
     fn cmd(&mut self, who: &str, cmd: &str) -> Result<(String, Vec<String>), String> {
         let (line, out) = self.client(who)?.run(cmd)?;
-        println!("      {who}> {cmd}");
+        self.say.line(&format!("{who}> {cmd}"));
         for o in out.iter().take(3) {
-            println!("      {o}");
+            self.say.line(o);
         }
-        println!("      {line}");
+        self.say.line(&line);
         Ok((line, out))
     }
 
@@ -181,7 +229,7 @@ impl Demo {
         let c = self.client(who)?;
         match c.wait_for(what, WAIT) {
             Ok(l) => {
-                println!("      {who}: {l}");
+                self.say.line(&format!("{who}: {l}"));
                 Ok(l)
             }
             Err(e) => {
@@ -198,7 +246,8 @@ impl Demo {
         let data = self.cluster.dir.join(format!("client-{name}"));
         let mut c = Client::start(&self.client_bin, &self.cluster.config_path, &data, name)?;
         let (line, _) = c.result(WAIT)?;
-        println!("      $ client --name {name}\n      {line}");
+        self.say.line(&format!("$ client --name {name}"));
+        self.say.line(&line);
         self.clients.insert(name.into(), c);
         expect(line.starts_with(&format!("ok: signed in as {name}")), &format!("ok: signed in as {name}"), &line)
     }
@@ -237,8 +286,21 @@ impl Demo {
     }
 
     fn print_table(&self, st: &HashMap<ServerId, ServerStatus>) {
-        for line in render(&rows(&self.cluster.cfg, st)).lines() {
-            println!("      {line}");
+        self.say.table(&table::lines(&rows(&self.cluster.cfg, st)));
+    }
+
+    /// Draws an image (only when colouring: on a terminal), under a caption.
+    fn draw(&self, caption: &str, bytes: &[u8]) {
+        if !self.say.color {
+            return;
+        }
+        match common::stego::decode_image(bytes) {
+            Ok(img) => {
+                self.say.dim(&format!("{caption}:"));
+                let cols = self.say.width().saturating_sub(8).min(PICTURE_COLS);
+                self.say.picture(&common::preview::render_ansi(&img, cols as u32));
+            }
+            Err(e) => self.say.dim(&format!("({caption} cannot be drawn: {e})")),
         }
     }
 
@@ -338,8 +400,15 @@ impl Demo {
              small previews of the images she shares.",
         )?;
         let (line, out) = self.ok("bob", "gallery alice")?;
-        let listed = out.iter().any(|l| l.trim_start().starts_with(id));
-        expect(line.contains("1 images in alice's gallery") && listed, &format!("1 image, {id}"), &line)?;
+        let listed = out.iter().find(|l| l.trim_start().starts_with(id));
+        expect(line.contains("1 images in alice's gallery") && listed.is_some(), &format!("1 image, {id}"), &line)?;
+        // bob's client draws it only on a terminal, and the demo reads its output: draw the
+        // preview alice's client keeps (and sent), checked to be as long as what bob got.
+        let kept = self.cluster.dir.join("client-alice").join("previews").join(format!("{id}.png"));
+        let preview = std::fs::read(&kept).map_err(|e| format!("cannot read {}: {e}", kept.display()))?;
+        let sent = format!("({} byte preview)", preview.len());
+        expect(listed.is_some_and(|l| l.contains(&sent)), &format!("bob got the {sent} alice keeps"), &line)?;
+        self.draw("the preview bob received", &preview);
         self.pass(&format!("bob sees the preview of {id}, sent by alice's client"))
     }
 
@@ -371,6 +440,9 @@ impl Demo {
             expect(line.contains(&format!("({left} views left)")), &format!("({left} views left)"), &line)?;
             let same = client::viewing::revealed_is(&line, &self.original);
             expect(same, "the revealed image equals alice's photo byte for byte (its SHA-256)", &line)?;
+            if left == 1 {
+                self.draw("what bob saw: alice's photo (the SHA-256 his client reported is hers)", &self.original);
+            }
         }
         let (line, _) = self.cmd("bob", &format!("view {id}"))?;
         expect(line.starts_with("error:") && line.contains("only the cover"), "error: no views left", &line)?;
@@ -427,28 +499,65 @@ impl Demo {
         )?;
         let before = self.encrypt_counts()?;
         let cmd = format!("encrypt {}", self.image_arg());
-        self.client("bob")?.send(&cmd)?;
-        println!("      bob> {cmd}");
+        let bob = self.client("bob")?;
+        bob.take_printed();
+        let from = bob.seen.len();
+        bob.send(&cmd)?;
+        self.say.line(&format!("bob> {cmd}"));
         let Some(w) = self.wait_winner(&before)? else {
             return Err("expected: a server starts bob's encryption\n      seen:     none did".into());
         };
-        println!("      (server {w} won it and is working on it: kill -9 server {w})");
+        self.say.line(&format!("(server {w} won it and is working on it: kill -9 server {w})"));
         self.kill_server(w);
-        let (line, _) = self.client("bob")?.result(COMMAND_WAIT)?;
-        println!("      {line}");
+        let (line, noticed, took) = self.takeover(w, from)?;
+        self.say.line(&line);
         let by = server_of(&line);
         expect(
             line.starts_with("ok: encrypted as") && by.is_some_and(|b| b != w),
             &format!("ok: encrypted … by a server other than {w}"),
             &line,
         )?;
+        let by = by.unwrap_or_default();
+        let noticed = noticed.map_or("".into(), |n| format!("the others saw server {w} silent after {n:.1} s; "));
+        self.say.line(&format!(
+            "the takeover: bob's answer came {took:.1} s after the kill ({noticed}server {by} did the work again, \
+             --slow-ms {} of it)",
+            self.s.slow_ms
+        ));
+        let (_, st) = self.poll(WAIT, |st| st.len() == 2 && !st.contains_key(&w))?;
+        self.print_table(&st);
         let (stats, _) = self.ok("bob", "stats")?;
         expect(stats.contains("handled_twice=0"), "handled_twice=0", &stats)?;
         self.pass(&format!(
-            "bob's request completed on server {} after server {w} died; nothing was handled twice",
-            by.unwrap_or_default()
+            "bob's request completed on server {by} {took:.1} s after server {w} died; nothing was handled twice"
         ))?;
         Ok(w)
+    }
+
+    /// Waits for bob's answer (a result line after his line `from`) after server `w` was
+    /// killed, watching the other servers meanwhile: the answer, seconds until every other
+    /// server saw `w` silent (if seen first), and seconds until the answer.
+    fn takeover(&mut self, w: ServerId, from: usize) -> Result<(String, Option<f64>, f64), String> {
+        let killed = Instant::now();
+        let mut noticed = None;
+        loop {
+            let bob = self.client("bob")?;
+            bob.take_printed();
+            if let Some(l) = bob.seen[from..].iter().find(|l| l.starts_with("ok:") || l.starts_with("error:")) {
+                return Ok((l.clone(), noticed, killed.elapsed().as_secs_f64()));
+            }
+            if killed.elapsed() > COMMAND_WAIT {
+                return Err(format!("bob printed no ok:/error: line within {} s", COMMAND_WAIT.as_secs()));
+            }
+            if noticed.is_none() {
+                let st = self.statuses();
+                if !st.is_empty() && st.values().all(|s| s.peers.iter().any(|p| p.id == w && !p.live)) {
+                    noticed = Some(killed.elapsed().as_secs_f64());
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     fn join_while_down(&mut self, down: ServerId) -> Result<(), String> {
@@ -473,14 +582,26 @@ impl Demo {
              return and push it the full directory.",
         )?;
         self.start_server(id)?;
+        self.say.line(&format!(
+            "demo> start server {id} again: the demo itself restarts it (by hand: ./run.sh ctl {id} restart, or the \
+             dashboard's restart button)"
+        ));
+        let started = Instant::now();
         self.cluster.wait_ready(WAIT)?;
         let (ok, st) =
             self.poll(WAIT, |st| st.get(&id).is_some_and(|s| s.users == 3 && s.online.iter().any(|u| u == "carol")))?;
+        self.say.line(&format!(
+            "server {id} answers and knows carol {:.1} s after its start",
+            started.elapsed().as_secs_f64()
+        ));
         let seen = st.get(&id).map_or("no answer".into(), |s| format!("{} users, online {:?}", s.users, s.online));
         expect(ok, &format!("server {id} lists 3 users, carol online"), &seen)?;
+        self.print_table(&st);
         let (other, log_line) = self.pushed_to(id)?;
-        println!("      server {other}'s log: {log_line}");
-        self.pass(&format!("server {id} now knows carol: server {other} pushed it the directory"))
+        self.say.line(&format!("server {other}'s log: {log_line}"));
+        self.pass(&format!(
+            "server {id}, restarted by the demo, now knows carol: server {other} pushed it the directory"
+        ))
     }
 
     /// A line of another server's log saying it pushed the directory to `id`.
@@ -538,9 +659,13 @@ impl Demo {
             let rankings = self.rankings_of_newest_encrypt(w);
             for (id, e) in &rankings {
                 let table: Vec<String> = e.table.iter().map(|p| format!("{}:{}", p.id, load_text(p))).collect();
-                println!("      server {id} ranked {who}'s request with loads {} → {:?}", table.join(" "), e.ranking);
+                self.say.line(&format!(
+                    "server {id} ranked {who}'s request with loads {} → {:?}",
+                    table.join(" "),
+                    e.ranking
+                ));
             }
-            println!("      {who}> {cmd} → won by server {w}");
+            self.say.line(&format!("{who}> {cmd} → won by server {w}"));
             let agreed = rankings.windows(2).all(|p| p[0].1.table == p[1].1.table);
             let firsts: Vec<ServerId> = rankings.iter().filter_map(|(_, e)| e.ranking.first().copied()).collect();
             let what = if agreed {
@@ -552,13 +677,13 @@ impl Demo {
             };
             expect(!rankings.is_empty() && firsts.contains(&w), &what, &format!("server {w}"))?;
             if agreed && !busy.is_empty() {
-                println!("      (servers {busy:?} held a photo each, so server {w} was the least loaded)");
+                self.say.line(&format!("(servers {busy:?} held a photo each, so server {w} was the least loaded)"));
             }
             sent.push((who.to_string(), w, from));
         }
         for (who, w, _) in &sent {
             let (line, _) = self.client(who)?.result(COMMAND_WAIT)?;
-            println!("      {who}: {line}");
+            self.say.line(&format!("{who}: {line}"));
             expect(server_of(&line) == Some(*w), &format!("{who}'s photo encrypted by server {w}"), &line)?;
         }
         let mut distinct: Vec<ServerId> = sent.iter().map(|(_, w, _)| *w).collect();
@@ -599,7 +724,7 @@ impl Demo {
              others push it the directory again.",
         )?;
         self.cluster.operator(x, "down 5")?;
-        println!("      server {x}> down 5");
+        self.say.line(&format!("server {x}> down 5"));
         let (ok, st) = self.poll(WAIT, |st| !st.contains_key(&x))?;
         expect(ok, &format!("server {x} stops answering"), &format!("{} servers answer", st.len()))?;
         self.print_table(&st);
@@ -611,7 +736,7 @@ impl Demo {
         expect(ok, &format!("server {x} back up, listing alice and bob online (not carol)"), &seen)?;
         self.print_table(&st);
         let (other, log_line) = self.pushed_to(x)?;
-        println!("      server {other}'s log: {log_line}");
+        self.say.line(&format!("server {other}'s log: {log_line}"));
         self.pass(&format!("server {x} is back and knows carol signed out while it was down"))
     }
 
@@ -621,23 +746,36 @@ impl Demo {
             "The operator types `simulate on` at every server's console (what `--simulate-failures` \
              does from the start): the servers take turns going down. Each one announces 999, stays \
              down 3 seconds, comes back, is sent the directory, then passes the turn on. alice \
-             keeps using the cloud all along.",
+             keeps using the cloud all along. The demo asks the servers for their status and says \
+             each change as it sees it.",
         )?;
         let ids = self.cluster.cfg.ids();
         for &id in &ids {
             self.cluster.operator(id, "simulate on")?;
         }
-        println!("      every server> simulate on");
-        let mut order: Vec<ServerId> = Vec::new();
+        self.say.line("every server> simulate on");
+        let start = Instant::now();
+        let mut up: BTreeMap<ServerId, bool> = ids.iter().map(|id| (*id, true)).collect();
+        let (mut downs, mut backs): (Vec<ServerId>, Vec<ServerId>) = (vec![], vec![]);
         let mut answered = 0;
-        let deadline = Instant::now() + 3 * WAIT;
-        while order.len() < 2 && Instant::now() < deadline {
+        // Two whole turns: two servers down, and back.
+        while backs.len() < 2 && start.elapsed() < 3 * WAIT {
             let st = self.statuses();
             for &id in &ids {
-                if !st.contains_key(&id) && order.last() != Some(&id) {
-                    order.push(id);
-                    println!("      server {id} is down (its turn); the others answer");
+                let now_up = st.get(&id).is_some_and(|s| !s.down);
+                if up.insert(id, now_up) == Some(now_up) {
+                    continue;
                 }
+                let what = if now_up {
+                    backs.push(id);
+                    "UP again (the others send it the directory)"
+                } else {
+                    downs.push(id);
+                    "DOWN (its turn)"
+                };
+                let now = chrono::Local::now();
+                let at = format!("{}.{}", now.format("%H:%M:%S"), now.timestamp_subsec_millis() / 100);
+                self.say.line(&format!("{at} (+{:.1} s) server {id} {what}", start.elapsed().as_secs_f64()));
             }
             let alice = self.client("alice")?;
             alice.send("peers")?;
@@ -649,12 +787,17 @@ impl Demo {
         for &id in &ids {
             self.cluster.operator(id, "simulate off")?;
         }
-        println!("      alice> peers, {answered} times meanwhile: every one answered");
-        println!("      every server> simulate off");
-        expect(order.len() >= 2, "two servers going down in turn", &format!("servers {order:?}"))?;
+        self.say.line(&format!("alice> peers, {answered} times meanwhile: every one answered"));
+        self.say.line("every server> simulate off");
+        let turns = |v: &[ServerId]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" then ");
+        expect(
+            downs.len() >= 2 && backs.len() >= 2,
+            "two servers going down in turn, and coming back",
+            &format!("down: servers {}; back: servers {}", turns(&downs), turns(&backs)),
+        )?;
         self.pass(&format!(
-            "servers {} went down in turn; all {answered} of alice's requests meanwhile were answered",
-            order.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" then ")
+            "servers {} went down in turn and came back; all {answered} of alice's requests meanwhile were answered",
+            turns(&downs)
         ))
     }
 
