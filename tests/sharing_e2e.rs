@@ -38,7 +38,7 @@ fn views_of(c: &mut ClientProc, image: &str) -> Option<u32> {
         .seen
         .iter()
         .rev()
-        .take_while(|l| !l.starts_with("ok:") || l.contains("received images"))
+        .take_while(|l| !l.starts_with("ok:") || l.contains("received image"))
         .find(|l| l.contains(image))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
