@@ -68,8 +68,9 @@ supervise() {
     echo "$BASHPID" > "$RUN_DIR/server-$id.supervisor"
     while [ ! -e "$RUN_DIR/stopping" ]; do
         # The control FIFO is opened read-write so the server never sees end-of-file on it.
+        # Lines the server logs name it already (`TIME [server ID] …`): only the others get the prefix.
         ( exec 3<>"$ctl"; echo "$BASHPID" > "$pidf"; exec target/release/server --id "$id" --config "$CONFIG" "$@" <&3 2>&1 ) \
-            | ( trap '' INT; exec sed -u "s/^/[server $id] /" ) || true   # killed: wait for a restart
+            | ( trap '' INT; exec sed -u "/\[server $id\]/!s/^/[server $id] /" ) || true   # killed: wait for a restart
         rm -f "$pidf"
         while [ ! -e "$again" ] && [ ! -e "$RUN_DIR/stopping" ]; do sleep 0.2; done
         [ -e "$again" ] && rm -f "$again" && echo "[server $id] restarting"

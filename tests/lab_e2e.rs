@@ -182,7 +182,7 @@ fn a_sigkill_of_the_server_hiding_a_big_photo() {
     let stats = alice.try_run("stats", SMALL).expect("stats");
     assert!(stats.contains("handled_twice=0"), "{stats}");
     let imgs = alice.try_run("images", SMALL).expect("images");
-    assert!(imgs.contains("1 images"), "the photo once: {imgs}; {:?}", alice.tail(4));
+    assert!(imgs.contains("ok: 1 image"), "the photo once: {imgs}; {:?}", alice.tail(4));
     assert!(own_hidden(&lab, "photo") == big_photo(), "the photo comes back byte-exact");
     println!("the photo came back once, byte-exact ({stats})");
     alice.finish();

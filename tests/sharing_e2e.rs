@@ -19,7 +19,7 @@ fn views_of(c: &mut ClientProc, image: &str) -> Option<u32> {
         .seen
         .iter()
         .rev()
-        .take_while(|l| !l.starts_with("ok:") || l.contains("received images"))
+        .take_while(|l| !l.starts_with("ok:") || l.contains("received image"))
         .find(|l| l.contains(image))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
@@ -46,7 +46,7 @@ fn share_view_grant_offline_restart_revoke() {
     let original = std::fs::read("images/sample-10k.jpg").expect("sample");
     for left in [1, 0] {
         let line = ok(&mut bob, "view sample-10k");
-        assert!(line.contains(&format!("({left} views left)")), "{line}");
+        assert!(line.contains(&format!("({} left)", client::usage::plural(left, "view"))), "{line}");
         assert!(client::viewing::revealed_is(&line, &original), "byte-exact: {line}");
     }
     let third = bob.run("view sample-10k");
@@ -86,9 +86,13 @@ fn share_view_grant_offline_restart_revoke() {
     assert!(r.contains("queued for alice (offline)"), "{r}");
     let mut alice = ClientProc::start(&c, "alice");
     signed_in(&mut alice);
-    notice(&mut alice, "bob asks for more views of sample-10k with 2 views");
+    notice(&mut alice, "bob asks for 2 more views of sample-10k: `approve ");
     ok(&mut alice, "requests");
-    assert!(alice.seen.iter().any(|l| l.contains("bob asks for more views of sample-10k")), "{:?}", alice.seen);
+    assert!(
+        alice.seen.iter().any(|l| l.starts_with("  #") && l.ends_with("bob asks for 2 more views of sample-10k")),
+        "{:?}",
+        alice.seen
+    );
     alice.finish();
     bob.finish();
 }

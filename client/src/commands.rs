@@ -5,6 +5,7 @@ use crate::cloud::Cloud;
 use crate::engine::{Command, Engine, EngineCtx};
 use crate::sharing::{self, Sharing};
 use crate::store::{Identity, Store};
+use crate::usage::plural;
 use common::auth::{own_image_aad, share_aad, shared_image_aad, RightsFields};
 use common::config::ClusterConfig;
 use common::crypto::{self, Key, Purpose};
@@ -59,6 +60,8 @@ pub struct Session {
     pub sharing: Arc<Mutex<Sharing>>,
     /// What the prompt remembers between views.
     pub(crate) views: crate::viewing::ViewState,
+    /// True when this run registered the name (its first run).
+    pub registered: bool,
 }
 
 /// What a command printed and whether the prompt should end.
@@ -74,8 +77,19 @@ fn answer(op: Op, cloud: &mut Cloud) -> Result<Answer, String> {
     r.reply.result
 }
 
+/// Most views one command sets or asks for.
+pub const MAX_VIEWS: u32 = 1_000_000;
+
 fn parse_views(s: &str) -> Result<u32, String> {
-    s.parse::<u32>().ok().filter(|v| *v <= 1_000_000).ok_or(format!("{s:?} is not a number of views"))
+    s.parse::<u32>().ok().filter(|v| *v <= MAX_VIEWS).ok_or(format!("{s:?} is not a number of views"))
+}
+
+/// Views asked for or approved: at least one (`grant USER IMAGE 0` is how views are taken away).
+fn parse_asked(s: &str) -> Result<u32, String> {
+    parse_views(s)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or(format!("{s:?} is not a number of views to ask for or approve (1 to {MAX_VIEWS})"))
 }
 
 impl Session {
@@ -86,6 +100,7 @@ impl Session {
         let mut cloud = Cloud::connect(cfg, None)?;
         let mut meter = crate::progress::Meter::default();
         cloud.progress = Some(Box::new(move |what, done, total| meter.update(what, done, total)));
+        let mut registered = false;
         let me = match store.identity()? {
             Some(id) if id.name == name => id,
             Some(id) => return Err(format!("the data folder belongs to {}, not {name}", id.name)),
@@ -93,6 +108,7 @@ impl Session {
                 Answer::Registered { user_id, name, secret } => {
                     let id = Identity { name, user_id, secret };
                     store.save_identity(&id)?;
+                    registered = true;
                     id
                 }
                 other => return Err(format!("unexpected answer to register: {other:?}")),
@@ -122,9 +138,18 @@ impl Session {
         };
         let engine = Engine::start(ctx)?;
         crate::watch::spawn(cloud.clone(), me.clone())?;
-        let mut session = Session { cloud, store, me, engine, sharing, views: Default::default() };
+        let mut session = Session { cloud, store, me, engine, sharing, views: Default::default(), registered };
         session.pull_inbox()?;
         Ok(session)
+    }
+
+    /// The first line of the prompt: signed in, and on the first run that the name was registered.
+    pub fn greeting(&self) -> String {
+        let (name, id) = (&self.me.name, self.me.user_id);
+        match self.registered {
+            true => format!("ok: signed in as {name} (user {id}), registered just now (first run)"),
+            false => format!("ok: signed in as {name} (user {id})"),
+        }
     }
 
     /// Fetches what the cloud buffered for us while we were offline, applies it in order, and
@@ -133,10 +158,14 @@ impl Session {
         self.engine.ask(PEER_WAIT, |reply| Command::PullInbox { reply })
     }
 
-    /// Runs one prompt line.
+    /// Runs one prompt line (its command in any case; the arguments keep theirs).
     // Long on purpose: the table of prompt commands, one arm each.
     pub fn run(&mut self, line: &str) -> Outcome {
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let command = line.split_whitespace().next().unwrap_or_default().to_lowercase();
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(first) = words.first_mut() {
+            *first = &command;
+        }
         let mut lines = Vec::new();
         let result = match words.as_slice() {
             [] => return Outcome { lines, quit: false },
@@ -151,29 +180,29 @@ impl Session {
                 for i in &imgs {
                     lines.push(format!("  {i}"));
                 }
-                Ok(format!("{} images", imgs.len()))
+                Ok(plural(imgs.len(), "image"))
             }
             ["encrypt", path] => self.encrypt(Path::new(path)),
             ["gallery", user] => self.gallery(user, &mut lines),
-            ["request", user, image, views] => parse_views(views).and_then(|v| self.ask(user, image, v, false)),
-            ["more", user, image, views] => parse_views(views).and_then(|v| self.ask(user, image, v, true)),
+            ["request", user, image, views] => parse_asked(views).and_then(|v| self.ask(user, image, v, false)),
+            ["more", user, image, views] => parse_asked(views).and_then(|v| self.ask(user, image, v, true)),
             ["requests"] => {
                 let reqs = self.sharing.lock().requests.clone();
                 for r in &reqs {
-                    let what = if r.more { "more views of " } else { "" };
-                    lines.push(format!("  #{} {} asks for {what}{} with {} views", r.n, r.from, r.image_id, r.views));
+                    lines.push(format!("  #{} {}", r.n, r.describe()));
                 }
-                Ok(format!("{} requests", reqs.len()))
+                Ok(plural(reqs.len(), "request"))
             }
             ["approve", n] => self.approve(n, None),
-            ["approve", n, views] => parse_views(views).and_then(|v| self.approve(n, Some(v))),
+            ["approve", n, views] => parse_asked(views).and_then(|v| self.approve(n, Some(v))),
             ["reject", n] => self.reject(n),
             ["received"] => {
                 let all = sharing::received(&self.store);
                 for r in &all {
-                    lines.push(format!("  {}/{}  {} views left", r.rights.owner, r.rights.image_id, r.rights.views));
+                    let left = plural(r.rights.views, "view");
+                    lines.push(format!("  {}/{}  {left} left", r.rights.owner, r.rights.image_id));
                 }
-                Ok(format!("{} received images", all.len()))
+                Ok(plural(all.len(), "received image"))
             }
             ["view", image] => self.view(image, &mut lines),
             ["lease", image, n] => parse_views(n).and_then(|n| self.lease(image, n)),
@@ -184,9 +213,9 @@ impl Session {
             ["shared"] => {
                 let holders = self.sharing.lock().holders();
                 for (viewer, image, s) in &holders {
-                    lines.push(format!("  {image} → {viewer}: {} views (version {})", s.views, s.version));
+                    lines.push(format!("  {image} → {viewer}: {} (version {})", plural(s.views, "view"), s.version));
                 }
-                Ok(format!("{} shares", holders.len()))
+                Ok(plural(holders.len(), "share"))
             }
             ["stats"] => {
                 let s = self.cloud.lock().stats().clone();
@@ -200,7 +229,7 @@ impl Session {
                 lines.push("ok: signed out, bye".into());
                 return Outcome { lines, quit: true };
             }
-            _ => Err(format!("unknown command {line:?} (try help)")),
+            _ => Err(crate::usage::explain(HELP, &words)),
         };
         lines.push(match result {
             Ok(s) => format!("ok: {s}"),
@@ -281,7 +310,11 @@ impl Session {
             return self.set_views(&req.from.clone(), &req.image_id.clone(), views, true);
         }
         let result = (|| {
-            let addr = self.online_addr(&req.from)?.ok_or(format!("{} is offline; approve again later", req.from))?;
+            let addr = self.online_addr(&req.from)?.ok_or(format!(
+                "{v} is offline: the photo goes peer to peer, so approve again when {v} is online (the request stays as #{n})",
+                v = req.from,
+                n = req.n
+            ))?;
             let (viewer, image_id) = (req.from.clone(), req.image_id.clone());
             // The cloud keeps the share key: a re-approval (after a delivery that broke off)
             // gets the same key, so the copy is the same bytes and the delivery resumes.
@@ -311,7 +344,7 @@ impl Session {
             self.engine.ask(PEER_WAIT, |reply| Command::Deliver { user: viewer, addr, body, png, reply })
         })();
         match result {
-            Ok(r) => Ok(format!("{} sent to {} with {views} views: {r}", req.image_id, req.from)),
+            Ok(r) => Ok(format!("{} sent to {} with {}: {r}", req.image_id, req.from, plural(views, "view"))),
             Err(e) => {
                 self.put_back(req);
                 Err(e)
@@ -410,9 +443,14 @@ impl Session {
             sh.record_grant(user, image, left, grant);
             sh.save(&self.store)?;
         }
-        let cloud = match left {
-            0 => format!("revoked: the cloud refuses {user} any view of {image}"),
-            n => format!("the cloud counts {n} views of {image} left for {user}"),
+        let cloud = match (left, add) {
+            (0, _) => format!("revoked: the cloud refuses {user} any view of {image} from now on"),
+            (n, true) => format!(
+                "{} of {image} for {user}: {user} has {} left (counted by the cloud)",
+                plural(views, "more view"),
+                plural(n, "view")
+            ),
+            (n, false) => format!("the cloud counts {} of {image} left for {user}", plural(n, "view")),
         };
         let mac = RightsFields {
             kind: "grant",
@@ -423,10 +461,13 @@ impl Session {
             version: grant,
         }
         .tag(&views::rights_key(&key));
-        match self.send_peer(user, PeerBody::Rights { image_id: image.into(), views: left, version: grant, mac }) {
-            Ok(r) => Ok(format!("{cloud}; {user}'s copy: {r}")),
-            Err(e) => Ok(format!("{cloud}; {user}'s copy will show it later ({e})")),
-        }
+        let told = self.send_peer(user, PeerBody::Rights { image_id: image.into(), views: left, version: grant, mac });
+        Ok(match (left, told) {
+            (0, Ok(r)) => format!("{cloud}; {user}'s copy is deleted when {user}'s client hears of it: {r}"),
+            (0, Err(e)) => format!("{cloud}; {user}'s copy will be deleted when {user}'s client hears of it ({e})"),
+            (_, Ok(r)) => format!("{cloud}; {user}'s copy: {r}"),
+            (_, Err(e)) => format!("{cloud}; {user}'s copy will show it later ({e})"),
+        })
     }
 
     /// Lets `user` keep up to `n` views of `image` for offline use, for `minutes` (0 views: no
@@ -444,9 +485,10 @@ impl Session {
         let lease = LeasePolicy { views: n, secs: minutes * 60 };
         let (left, _) = self.cloud_grant(user, image, 0, true, Some(lease))?;
         Ok(match n {
-            0 => format!("{user} can no longer take views of {image} offline ({left} views left)"),
+            0 => format!("{user} can no longer take views of {image} offline ({} left)", plural(left, "view")),
             n => format!(
-                "{user} may take up to {n} of {left} views of {image} offline, each lease for {minutes} minutes"
+                "{user} may take up to {n} of {} of {image} offline, each lease for {minutes} minutes",
+                plural(left, "view")
             ),
         })
     }

@@ -375,8 +375,8 @@ impl State {
                 let mut sharing = self.ctx.sharing.lock();
                 let n = sharing.add_request(&who, &image_id, views, more);
                 let _ = sharing.save(&self.ctx.store);
-                let what = if more { "more views of " } else { "" };
-                notice(&format!("{who} asks for {what}{image_id} with {views} views: `approve {n}` or `reject {n}`"));
+                let asked = sharing::Request { n, from: who, image_id, views, more }.describe();
+                notice(&format!("{asked}: `approve {n}` or `reject {n}`"));
             }
             PeerBody::Rejected { image_id, reason } => {
                 notice(&format!("{who} rejected your request for {image_id}: {reason}"))
@@ -457,7 +457,10 @@ impl State {
                     let _ = reply.send(decode_gallery(&payload).map_err(|e| e.to_string()));
                 } else if let Some(d) = self.incoming_images.remove(&id) {
                     match sharing::store_delivery(&self.ctx.store, &self.ctx.me.name, &d, &payload) {
-                        Ok(r) => notice(&format!("received {} from {} with {} views", d.image_id, d.owner, r.views)),
+                        Ok(r) => {
+                            let views = crate::usage::plural(r.views, "view");
+                            notice(&format!("received {} from {} with {views}", d.image_id, d.owner))
+                        }
                         Err(e) => notice(&format!("refused the image from {}: {e}", d.owner)),
                     }
                 }

@@ -15,6 +15,7 @@ pub mod status;
 pub mod store;
 pub mod transfer_bench;
 pub mod transfer_lab;
+pub mod usage;
 pub mod viewing;
 pub mod watch;
 pub mod web;

@@ -56,7 +56,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("ok: signed in as {} (user {})", session.me.name, session.me.user_id);
+    println!("{}", session.greeting());
     let me = session.me.clone();
     let session = Arc::new(parking_lot::Mutex::new(session));
     let _ = ctrlc::set_handler(move || {
@@ -84,7 +84,9 @@ fn main() {
         let next = lines.next();
         client::notice::prompt_taken();
         let Some(Ok(line)) = next else {
+            // End of input (Ctrl-D) signs out as `quit` does, on a line of its own.
             session.lock().sign_out();
+            println!("{}ok: signed out, bye", if interactive { "\n" } else { "" });
             return;
         };
         let out = session.lock().run(&line);

@@ -8,6 +8,7 @@
 //! atomically.
 
 use crate::store::{write_atomic, Store};
+use crate::usage::plural;
 use common::auth::{shared_image_aad, RightsFields};
 use common::crypto::{self, Key};
 use common::names::{check_image_id, check_user};
@@ -30,6 +31,17 @@ pub struct Request {
     pub views: u32,
     /// True when they already hold a copy and ask for more views.
     pub more: bool,
+}
+
+impl Request {
+    /// What is asked, as the owner reads it: `bob asks for Storm with 2 views`, or for a viewer
+    /// who holds a copy already `bob asks for 2 more views of Storm`.
+    pub fn describe(&self) -> String {
+        match self.more {
+            true => format!("{} asks for {} of {}", self.from, plural(self.views, "more view"), self.image_id),
+            false => format!("{} asks for {} with {}", self.from, self.image_id, plural(self.views, "view")),
+        }
+    }
 }
 
 /// What the owner last granted one viewer on one image.
@@ -414,7 +426,7 @@ pub fn apply_rights(
     r.version = version;
     let updated = rights::embed(&png, &r).map_err(|e| e.to_string())?;
     write_atomic(&path, &updated, true)?;
-    Ok(Some(format!("{owner} set {image_id} to {views} views")))
+    Ok(Some(format!("{owner} set {image_id} to {}", plural(views, "view"))))
 }
 
 /// The sealed image hidden in a copy, checked against the digest its owner announced, so a

@@ -70,7 +70,8 @@ impl Session {
         };
         self.show(&image_id, &shown.image, lines)?;
         let digest = crypto::sha256_hex(&shown.image);
-        Ok(format!("{image_id} revealed ({} views left{}); sha256 {digest}", shown.left, shown.how))
+        let left = crate::usage::plural(shown.left, "view");
+        Ok(format!("{image_id} revealed ({left} left{}); sha256 {digest}", shown.how))
     }
 
     /// Takes `n` views of a received copy for offline use (the prompt's `lease`).
@@ -99,7 +100,8 @@ impl Session {
             return Err(format!("no views left on {image_id}"));
         }
         let secs = until.saturating_sub(wall_ms()) / 1000;
-        Ok(format!("{taken} views of {image_id} leased for offline use for {secs} s ({left} more in the cloud)"))
+        let taken = crate::usage::plural(taken, "view");
+        Ok(format!("{taken} of {image_id} leased for offline use for {secs} s ({left} more in the cloud)"))
     }
 
     /// The share as the cloud counts it: the leases allowed and the views left (and the next

@@ -184,6 +184,11 @@ impl ClientProc {
         self.result(Duration::from_secs(30)).unwrap_or_else(|| panic!("no answer to {cmd:?}; saw {:?}", self.seen))
     }
 
+    /// Closes stdin, as Ctrl-D at the prompt does (its lines can still be read).
+    pub fn end_input(&mut self) {
+        self.stdin.take();
+    }
+
     /// Closes stdin (the client signs out and exits) and waits.
     pub fn finish(mut self) {
         self.stdin.take();
