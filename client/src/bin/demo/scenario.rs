@@ -437,8 +437,8 @@ impl Demo {
         )?;
         for left in [1, 0] {
             let (line, _) = self.ok("bob", &format!("view {id}"))?;
-            let left = format!("({} left)", client::usage::plural(left, "view"));
-            expect(line.contains(&left), &left, &line)?;
+            let want = format!("({} left)", client::usage::plural(left, "view"));
+            expect(line.contains(&want), &want, &line)?;
             let same = client::viewing::revealed_is(&line, &self.original);
             expect(same, "the revealed image equals alice's photo byte for byte (its SHA-256)", &line)?;
             if left == 1 {
