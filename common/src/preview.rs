@@ -323,7 +323,7 @@ mod tests {
     /// A picture of black and white squares `side` pixels wide.
     fn checker(w: u32, h: u32, side: u32) -> DynamicImage {
         DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
-            if (x / side + y / side) % 2 == 0 {
+            if (x / side + y / side).is_multiple_of(2) {
                 image::Rgb([255, 255, 255])
             } else {
                 image::Rgb([0, 0, 0])
