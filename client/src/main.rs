@@ -1,4 +1,5 @@
-//! The client binary: sign in, then read commands from stdin, one per line.
+//! The client binary: sign in, then read commands from stdin, one per line: on a terminal through
+//! a line editor (arrows, history, notices above the line being typed), else plain lines.
 
 use client::cloud::Cloud;
 use client::commands::Session;
@@ -75,7 +76,9 @@ fn main() {
         let _ = std::io::stdout().flush();
         std::process::exit(0);
     });
-    if std::io::stdin().is_terminal() {
+    // Line editing only when a person types at a terminal and sees it: output to a pipe or a
+    // file gets no prompt and no escape codes.
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         prompt_loop(&session, &name);
     } else {
         piped_loop(&session);
