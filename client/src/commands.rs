@@ -261,14 +261,29 @@ impl Session {
         let addr = self.online_addr(user)?.ok_or(format!("{user} is offline"))?;
         let user_s = user.to_string();
         let items = self.engine.ask(PEER_WAIT, |reply| Command::Gallery { user: user_s, addr, reply })?;
-        let tty = std::io::stdout().is_terminal();
-        for it in &items {
-            lines.push(format!("  {}  ({} byte preview)", it.image_id, it.preview_png.len()));
-            if tty {
-                if let Ok(img) = common::stego::decode_image(&it.preview_png) {
-                    lines.push(common::preview::render_ansi(&img, 48));
+        // Sharp once granted: the viewer holds a copy of the image.
+        let granted: Vec<String> = sharing::received(&self.store)
+            .into_iter()
+            .filter(|r| r.rights.owner == user)
+            .map(|r| r.rights.image_id)
+            .collect();
+        let tiles: Vec<common::preview::Tile> = items
+            .iter()
+            .map(|it| {
+                let sharp = granted.contains(&it.image_id);
+                let size = common::preview::original(&it.preview_png).map(|o| o.to_string());
+                let image = common::stego::decode_image(&it.preview_png).ok();
+                common::preview::Tile {
+                    image: image.map(|i| if sharp { i } else { common::preview::blur(&i) }),
+                    caption: vec![it.image_id.clone(), size.unwrap_or_else(|| "size not sent".into())],
                 }
-            }
+            })
+            .collect();
+        if std::io::stdout().is_terminal() {
+            let (cols, _) = crate::notice::size();
+            lines.push(common::preview::grid(&tiles, u32::from(cols)).trim_end().to_string());
+        } else {
+            lines.extend(tiles.iter().map(|t| format!("  {}", t.caption.join("  "))));
         }
         Ok(format!("{} images in {user}'s gallery", items.len()))
     }

@@ -1,10 +1,12 @@
-//! The client binary: sign in, then read commands from stdin, one per line.
+//! The client binary: sign in, then read commands from stdin, one per line: on a terminal through
+//! a line editor (arrows, history, notices above the line being typed), else plain lines.
 
 use client::cloud::Cloud;
 use client::commands::Session;
 use common::args::{usage, Args, Opt};
 use common::config::{ClusterConfig, EXIT_USAGE};
 use common::protocol::Op;
+use rustyline::ExternalPrinter as _;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,28 +76,92 @@ fn main() {
         let _ = std::io::stdout().flush();
         std::process::exit(0);
     });
-    let interactive = std::io::stdin().is_terminal();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    // Line editing only when a person types at a terminal and sees it: output to a pipe or a
+    // file gets no prompt and no escape codes.
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        prompt_loop(&session, &name);
+    } else {
+        piped_loop(&session);
+    }
+}
+
+/// Runs one line and prints its output; true when the prompt should end.
+fn run_line(session: &parking_lot::Mutex<Session>, line: &str) -> bool {
+    let out = session.lock().run(line);
+    let mut stdout = std::io::stdout().lock();
+    for l in out.lines {
+        let _ = writeln!(stdout, "{l}");
+    }
+    let _ = stdout.flush();
+    out.quit
+}
+
+/// Commands from a pipe or file: no prompt, no editing, no history, only the commands' lines.
+fn piped_loop(session: &parking_lot::Mutex<Session>) {
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if run_line(session, &line) {
+            return;
+        }
+    }
+    // End of input signs out as `quit` does.
+    session.lock().sign_out();
+    println!("ok: signed out, bye");
+}
+
+/// Commands typed on a terminal: the line editor (arrows, history kept in the data folder's
+/// `history.txt`, owner-only), notices printed above the line being typed.
+fn prompt_loop(session: &parking_lot::Mutex<Session>, name: &str) {
+    let config = rustyline::Config::builder().auto_add_history(false).max_history_size(HISTORY_LINES);
+    let config = config.and_then(|c| c.history_ignore_dups(true)).map(|c| c.build());
+    let mut editor = match config.and_then(rustyline::DefaultEditor::with_config) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("error: no line editing on this terminal ({e}); reading plain lines");
+            return piped_loop(session);
+        }
+    };
+    let history = session.lock().store.root().join("history.txt");
+    let _ = editor.load_history(&history);
+    if let Ok(mut printer) = editor.create_external_printer() {
+        client::notice::use_printer(Box::new(move |text| printer.print(text).map_err(|e| e.to_string())));
+    }
+    let prompt = format!("{name}> ");
     loop {
-        if interactive {
-            client::notice::show_prompt(&format!("{name}> "));
-        }
-        let next = lines.next();
-        client::notice::prompt_taken();
-        let Some(Ok(line)) = next else {
-            // End of input (Ctrl-D) signs out as `quit` does, on a line of its own.
-            session.lock().sign_out();
-            println!("{}ok: signed out, bye", if interactive { "\n" } else { "" });
-            return;
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                // Ctrl-C at the prompt: signed out as the Ctrl-C handler does while a command runs.
+                session.lock().sign_out();
+                println!("ok: signed out, bye");
+                return;
+            }
+            Err(_) => break,
         };
-        let out = session.lock().run(&line);
-        for l in out.lines {
-            println!("{l}");
+        if !line.trim().is_empty() && editor.add_history_entry(line.as_str()).unwrap_or(false) {
+            save_history(&mut editor, &history);
         }
-        let _ = std::io::stdout().flush();
-        if out.quit {
+        client::notice::set_size(editor.dimensions());
+        if run_line(session, &line) {
             return;
         }
+    }
+    // End of input (Ctrl-D) signs out as `quit` does, on a line of its own.
+    session.lock().sign_out();
+    println!("\nok: signed out, bye");
+}
+
+/// Lines of history kept.
+const HISTORY_LINES: usize = 1000;
+
+/// Appends the new history line to `path`, readable by the owner only.
+fn save_history(editor: &mut rustyline::DefaultEditor, path: &Path) {
+    if let Err(e) = editor.append_history(path) {
+        client::notice::notice(&format!("history not saved: {e}"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
 }

@@ -4,8 +4,9 @@
 //! prints on its own — the watch, the peer engine, the partial-transfer mirror — goes through
 //! [`notice`]; nothing in the background writes to standard error (the in-place progress line
 //! of a transfer the prompt waits for is no line: it is redrawn on a terminal and cleared, see
-//! `progress`). While an interactive prompt waits for input, a notice starts on a line of its
-//! own and the prompt is shown again after it.
+//! `progress`). On a terminal the prompt's line editor hands over a printer ([`use_printer`]):
+//! a notice then appears above the line being typed, which is drawn again below it. Also kept
+//! here: the terminal's size, as the prompt last measured it, for drawing pictures.
 
 use parking_lot::Mutex;
 use std::io::Write;
@@ -13,8 +14,14 @@ use std::io::Write;
 /// The start of every line the client prints by itself.
 pub const PREFIX: &str = "notice: ";
 
-/// The prompt while it waits for input on a terminal (None: not shown).
-static PROMPT: Mutex<Option<String>> = parking_lot::const_mutex(None);
+/// Prints a whole block of text above the line being typed (the line editor's printer).
+pub type Printer = Box<dyn FnMut(String) -> Result<(), String> + Send>;
+
+/// The line editor's printer while the prompt runs on a terminal (None: plain stdout).
+static PRINTER: Mutex<Option<Printer>> = parking_lot::const_mutex(None);
+
+/// The terminal's columns and rows as last measured by the prompt (None: not a terminal).
+static SIZE: Mutex<Option<(u16, u16)>> = parking_lot::const_mutex(None);
 
 /// The lines of a notice: one per line of `text`, each with the [`PREFIX`].
 pub fn lines(text: &str) -> String {
@@ -29,27 +36,38 @@ pub fn lines(text: &str) -> String {
 
 /// Prints `text` as a notice (each of its lines prefixed).
 pub fn notice(text: &str) {
-    let prompt = PROMPT.lock();
+    let block = lines(text);
+    let mut printer = PRINTER.lock();
+    if let Some(print) = printer.as_mut() {
+        if print(block.clone()).is_ok() {
+            return;
+        }
+    }
     let mut out = std::io::stdout().lock();
-    let _ = match prompt.as_deref() {
-        Some(p) => write!(out, "\n{}{p}", lines(text)),
-        None => write!(out, "{}", lines(text)),
+    let _ = write!(out, "{block}");
+    let _ = out.flush();
+}
+
+/// From now on notices go through `printer` (the interactive prompt's line editor).
+pub fn use_printer(printer: Printer) {
+    *PRINTER.lock() = Some(printer);
+}
+
+/// Records the terminal's size (columns, rows), measured by the prompt before each command.
+pub fn set_size(size: Option<(u16, u16)>) {
+    *SIZE.lock() = size.filter(|&(c, r)| c > 0 && r > 0);
+}
+
+/// The terminal's size (columns, rows) for pictures: as measured by the prompt, else `$COLUMNS`
+/// and `$LINES` as a shell exports them, else 80 × 24.
+pub fn size() -> (u16, u16) {
+    if let Some(s) = *SIZE.lock() {
+        return s;
+    }
+    let env = |name: &str, default: u16| {
+        std::env::var(name).ok().and_then(|v| v.trim().parse::<u16>().ok()).filter(|&n| n > 0).unwrap_or(default)
     };
-    let _ = out.flush();
-}
-
-/// Shows the interactive prompt `p`; notices redraw it until [`prompt_taken`].
-pub fn show_prompt(p: &str) {
-    let mut prompt = PROMPT.lock();
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{p}");
-    let _ = out.flush();
-    *prompt = Some(p.to_string());
-}
-
-/// The prompt got its line of input: notices no longer redraw it.
-pub fn prompt_taken() {
-    *PROMPT.lock() = None;
+    (env("COLUMNS", 80), env("LINES", 24))
 }
 
 #[cfg(test)]
@@ -60,5 +78,14 @@ mod tests {
     fn every_line_of_a_notice_is_prefixed() {
         assert_eq!(lines("lost the cloud"), "notice: lost the cloud\n");
         assert_eq!(lines("one\ntwo"), "notice: one\nnotice: two\n");
+    }
+
+    #[test]
+    fn a_measured_size_wins_and_nonsense_is_ignored() {
+        set_size(Some((40, 30)));
+        assert_eq!(size(), (40, 30));
+        set_size(Some((0, 30)));
+        assert_ne!(size(), (0, 30));
+        set_size(None);
     }
 }

@@ -174,7 +174,7 @@ impl Session {
     fn show(&self, image_id: &str, image: &[u8], lines: &mut Vec<String>) -> Result<(), String> {
         if std::io::stdout().is_terminal() {
             if let Ok(img) = common::stego::decode_image(image) {
-                lines.push(common::preview::render_ansi(&img, 64));
+                lines.push(draw(&img));
             }
         }
         if let Some(viewer) = std::env::var_os("IMAGE_VIEWER") {
@@ -190,9 +190,18 @@ impl Session {
         }
         let cover = std::fs::read(&copy.path).ok().and_then(|b| common::stego::decode_image(&b).ok());
         if let Some(img) = cover {
-            lines.push(common::preview::render_ansi(&img, 64));
+            lines.push(draw(&img));
         }
     }
+}
+
+/// `img` drawn as large as the terminal shows it whole, with room for the command's line and
+/// the prompt below.
+fn draw(img: &image::DynamicImage) -> String {
+    let (cols, rows) = crate::notice::size();
+    let lines = u32::from(rows).saturating_sub(3).max(4);
+    let cols = common::preview::fit_columns(img.width(), img.height(), u32::from(cols), lines);
+    common::preview::render_ansi(img, cols)
 }
 
 /// The SHA-256 (hex) a `view`'s `ok:` line reports for the revealed image, so scripts and

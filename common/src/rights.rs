@@ -113,13 +113,13 @@ impl fmt::Display for RightsError {
 impl std::error::Error for RightsError {}
 
 /// One chunk of a parsed PNG, borrowing from the input.
-struct Chunk<'a> {
+pub(crate) struct Chunk<'a> {
     /// Chunk type (four ASCII letters).
-    kind: [u8; 4],
+    pub(crate) kind: [u8; 4],
     /// Chunk data.
-    data: &'a [u8],
+    pub(crate) data: &'a [u8],
     /// The whole chunk as stored: length, type, data and CRC.
-    raw: &'a [u8],
+    pub(crate) raw: &'a [u8],
     /// Whether the stored CRC matches type and data.
     crc_ok: bool,
 }
@@ -133,7 +133,7 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
 /// Splits a PNG into its chunks, checking the signature, every length, type and CRC (except
 /// that a rights chunk with a bad CRC is returned, marked), that `IHDR` comes first, and that
 /// `IEND` comes last with nothing after it.
-fn parse_png(png: &[u8]) -> Result<Vec<Chunk<'_>>, RightsError> {
+pub(crate) fn parse_png(png: &[u8]) -> Result<Vec<Chunk<'_>>, RightsError> {
     let bad = |why: String| RightsError::NotPng(why);
     if png.get(..PNG_SIGNATURE.len()) != Some(&PNG_SIGNATURE[..]) {
         return Err(bad("missing PNG signature".into()));
@@ -186,8 +186,8 @@ fn parse_png(png: &[u8]) -> Result<Vec<Chunk<'_>>, RightsError> {
 }
 
 /// Appends one chunk (length, type, data, CRC over type and data) to `out`.
-fn push_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    // Callers only pass data of at most MAX_RIGHTS_LEN bytes.
+pub(crate) fn push_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    // Callers only pass small data (at most MAX_RIGHTS_LEN bytes, or a preview's caption).
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(kind);

@@ -262,3 +262,107 @@ pub fn notice(c: &mut ClientProc, what: &str) {
     let notices: Vec<&String> = c.seen.iter().filter(|l| l.starts_with("notice:")).collect();
     panic!("no notice containing {what:?}; saw {notices:?}");
 }
+
+/// Whether tmux is installed (the terminal tests skip without it).
+pub fn tmux_available() -> bool {
+    Command::new("tmux").arg("-V").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// A client in a tmux pane: a real terminal of a given size, typed into with `send-keys` and
+/// read with `capture-pane`. Its tmux server (a socket in the cluster's folder, so no other
+/// tmux is touched) is killed on drop, and the client with it.
+pub struct TmuxClient {
+    sock: PathBuf,
+    /// The tmux session (named after the user).
+    pub target: String,
+}
+
+impl TmuxClient {
+    /// Starts `client --name NAME` against the cluster in a detached `cols` × `rows` pane.
+    pub fn start(cluster: &Cluster, name: &str, cols: u16, rows: u16) -> TmuxClient {
+        ensure_built();
+        let bin = sibling_binary("client").expect("client binary");
+        let t = TmuxClient { sock: cluster.dir.join(format!("tmux-{name}.sock")), target: name.to_string() };
+        let data = cluster.dir.join(format!("client-{name}"));
+        let out = t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            "--",
+            &bin.to_string_lossy(),
+            "--name",
+            name,
+            "--config",
+            &cluster.config_path.to_string_lossy(),
+            "--data",
+            &data.to_string_lossy(),
+        ]);
+        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").arg("-S").arg(&self.sock).args(args).output().expect("tmux runs")
+    }
+
+    /// Types `text` literally (no Enter).
+    pub fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", &self.target, "-l", text]);
+    }
+
+    /// Presses a key by its tmux name (`Enter`, `Up`, `C-u`).
+    pub fn key(&self, key: &str) {
+        self.tmux(&["send-keys", "-t", &self.target, key]);
+    }
+
+    /// The pane and its scrollback as text, wrapped lines joined (`-J`); with `colours`, with
+    /// the escape sequences of colours (`-e`).
+    pub fn screen(&self, colours: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.target];
+        if colours {
+            args.push("-e");
+        }
+        String::from_utf8_lossy(&self.tmux(&args).stdout).into_owned()
+    }
+
+    /// Waits (at most `timeout`) until the screen text satisfies `ok`; that screen, or a panic
+    /// showing the last one.
+    pub fn wait_screen(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let seen = wait_until(timeout, || {
+            last = self.screen(false);
+            ok(&last)
+        });
+        assert!(seen, "{}: waited for {what}; the pane shows:\n{last}", self.target);
+        last
+    }
+
+    /// Resizes the pane's window to `cols` × `rows`.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let out = self.tmux(&["resize-window", "-t", &self.target, "-x", &cols.to_string(), "-y", &rows.to_string()]);
+        assert!(out.status.success(), "tmux resize-window: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether the client still runs in its pane.
+    pub fn alive(&self) -> bool {
+        self.tmux(&["has-session", "-t", &self.target]).status.success()
+    }
+}
+
+impl Drop for TmuxClient {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+/// The last line of a screen that is not blank (the line being typed, on a prompt), without
+/// trailing spaces.
+pub fn last_line(screen: &str) -> &str {
+    screen.lines().map(str::trim_end).rev().find(|l| !l.is_empty()).unwrap_or("")
+}
