@@ -45,6 +45,7 @@ pub const HELP: &str = "commands:
   more USER IMAGE VIEWS      ask USER for VIEWS more views of IMAGE
   shared            who holds which of your images, with the views last granted
   stats             request counters of this client
+  web               the address of your page (with --web ADDR)
   help              this text
   quit              sign out and leave";
 
@@ -198,6 +199,9 @@ impl Session {
                     s.started, s.answered, s.timed_out, s.resends, s.duplicate_replies, s.handled_twice
                 ))
             }
+            ["web"] => crate::web::user::url()
+                .map(|u| format!("web: {u}"))
+                .ok_or_else(|| "no page: start the client with --web ADDR".to_string()),
             ["quit"] | ["exit"] => {
                 self.sign_out();
                 lines.push("ok: signed out, bye".into());

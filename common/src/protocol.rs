@@ -915,7 +915,10 @@ mod tests {
         let reply = Reply { rid, server: 1, result: Err("x".into()) };
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let cases = [
-            (Msg::Prepare { rid, by: 1, round: 1, op: Op::ListOnline { after: None }, reply_to: addr, first: true }, "Claim"),
+            (
+                Msg::Prepare { rid, by: 1, round: 1, op: Op::ListOnline { after: None }, reply_to: addr, first: true },
+                "Claim",
+            ),
             (
                 Msg::Promise {
                     rid,

@@ -450,7 +450,9 @@ mod tests {
         let s = run(&mut d, 1, rid, &ok, &mut keys);
         assert!(s.result.is_ok());
         assert_eq!(d.get("alice").unwrap().addr, Some(addr()));
-        let Ok(Answer::Online(list)) = execute(&mut d, 1, rid, &Op::ListOnline { after: None }, addr(), &mut keys).result else {
+        let Ok(Answer::Online(list)) =
+            execute(&mut d, 1, rid, &Op::ListOnline { after: None }, addr(), &mut keys).result
+        else {
             panic!()
         };
         assert_eq!(list.len(), 1);

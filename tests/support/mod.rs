@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod web;
 
 use client::launch::{sibling_binary, Cluster};
 use common::config::ClusterConfig;
@@ -95,6 +96,11 @@ pub struct ClientProc {
 impl ClientProc {
     /// Starts `client --name NAME` against the cluster, with its data folder in the test folder.
     pub fn start(cluster: &Cluster, name: &str) -> ClientProc {
+        ClientProc::start_with(cluster, name, &[])
+    }
+
+    /// Starts `client --name NAME` with `extra` arguments (`--web ADDR`).
+    pub fn start_with(cluster: &Cluster, name: &str, extra: &[&str]) -> ClientProc {
         ensure_built();
         let bin = sibling_binary("client").expect("client binary");
         let mut child = Command::new(bin)
@@ -102,6 +108,7 @@ impl ClientProc {
             .arg(&cluster.config_path)
             .arg("--data")
             .arg(cluster.dir.join(format!("client-{name}")))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
