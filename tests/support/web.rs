@@ -8,14 +8,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One HTTP exchange: the status and the body.
+/// One HTTP exchange: the status and the body (lossily as text).
 pub fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the page");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     let req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).expect("read");
+    let out = String::from_utf8_lossy(&bytes);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
