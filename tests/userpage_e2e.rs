@@ -19,12 +19,6 @@ use support::{cluster, register, test_dir, wait_until, ClientProc};
 
 const IMAGE: &str = "sample-10k";
 
-fn ok(c: &mut ClientProc, cmd: &str) -> String {
-    let line = c.run(cmd);
-    assert!(line.starts_with("ok:"), "{cmd}: {line}; saw {:?}", c.seen);
-    line
-}
-
 /// Waits for a notice (the prompt idles on `stats` meanwhile, so its lines are read).
 fn notice(c: &mut ClientProc, what: &str) {
     let seen = wait_until(Duration::from_secs(30), || {
@@ -92,12 +86,12 @@ fn bobs_page_requests_views_and_loses_alices_image_and_lists_everyone() {
     let dir = test_dir("userpage");
     let mut alice = ClientProc::start(&c, "alice");
     assert!(alice.result(Duration::from_secs(30)).unwrap_or_default().starts_with("ok: signed in"));
-    ok(&mut alice, "encrypt images/sample-10k.jpg");
+    alice.ok("encrypt images/sample-10k.jpg");
     let mut bob = ClientProc::start_with(&c, "bob", &["--web", "127.0.0.1:0"]);
     let url = bob.wait_for("web: http://", Duration::from_secs(30)).expect("bob's page URL");
     let url = url.strip_prefix("web: ").expect("one line web: URL").to_string();
     assert!(bob.seen.iter().any(|l| l.starts_with("ok: signed in as bob")), "{:?}", bob.seen);
-    assert_eq!(ok(&mut bob, "web"), format!("ok: web: {url}"), "the prompt prints it again");
+    assert_eq!(bob.ok("web"), format!("ok: web: {url}"), "the prompt prints it again");
     let (addr, token) = url.strip_prefix("http://").and_then(|r| r.split_once("/?t=")).expect("URL with a token");
     let addr: SocketAddr = addr.parse().expect("address");
     assert!(addr.ip().is_loopback());
@@ -134,7 +128,7 @@ fn bobs_page_requests_views_and_loses_alices_image_and_lists_everyone() {
     let (status, answer) = http(addr, "POST", &format!("/api/request?t={token}"), &body);
     assert_eq!(status, 200, "{answer}");
     notice(&mut alice, &format!("bob asks for {IMAGE}"));
-    ok(&mut alice, "approve 1");
+    alice.ok("approve 1");
     notice(&mut bob, &format!("received {IMAGE} from alice"));
     let held = format!("data-owner=\"alice\" data-image=\"{IMAGE}\"");
     page_shows(&url, &dir, "the image with 2 views, sharp", |dom| {
@@ -161,13 +155,13 @@ fn bobs_page_requests_views_and_loses_alices_image_and_lists_everyone() {
     page_shows(&url, &dir, "only the cover", |dom| {
         block(dom, &held).contains("class=\"cover\"") && !block(dom, &held).contains(">view<")
     });
-    ok(&mut bob, "received");
+    bob.ok("received");
     assert!(bob.seen.iter().any(|l| l.contains(&format!("alice/{IMAGE}  0 views left"))), "{:?}", bob.seen);
 
     // alice grants 3 more, then revokes: gone from bob's page.
-    ok(&mut alice, &format!("grant bob {IMAGE} 3"));
+    alice.ok(&format!("grant bob {IMAGE} 3"));
     assert!(wait_until(Duration::from_secs(30), || state(addr, token)["held"][0]["views"] == 3));
-    ok(&mut alice, &format!("grant bob {IMAGE} 0"));
+    alice.ok(&format!("grant bob {IMAGE} 0"));
     assert!(wait_until(Duration::from_secs(30), || state(addr, token)["held"]
         .as_array()
         .is_some_and(|h| h.is_empty())));
@@ -192,7 +186,7 @@ fn bobs_page_requests_views_and_loses_alices_image_and_lists_everyone() {
         })
         .collect();
     let _clouds: Vec<Cloud> = signers.into_iter().map(|t| t.join().expect("signer")).collect();
-    assert_eq!(ok(&mut bob, "peers"), "ok: 1002 online");
+    assert_eq!(bob.ok("peers"), "ok: 1002 online");
     for i in [0, 499, 999] {
         assert!(bob.seen.iter().any(|l| l.trim_start().starts_with(&format!("user{i:04} "))), "user{i:04} listed");
     }

@@ -191,6 +191,13 @@ impl ClientProc {
         self.result(Duration::from_secs(30)).unwrap_or_else(|| panic!("no answer to {cmd:?}; saw {:?}", self.seen))
     }
 
+    /// Runs one command that must succeed; its `ok:` line.
+    pub fn ok(&mut self, cmd: &str) -> String {
+        let line = self.run(cmd);
+        assert!(line.starts_with("ok:"), "{cmd}: {line}; saw {:?}", self.seen);
+        line
+    }
+
     /// Closes stdin (the client signs out and exits) and waits.
     pub fn finish(mut self) {
         self.stdin.take();
