@@ -39,7 +39,7 @@ fn valid_samples() -> Vec<Vec<u8>> {
     let someone_elses_key = [3u8; 32];
     let mut v = vec![
         encode_msg(&Msg::Request { rid, op: Op::Register { name: "mallory".into() } }),
-        encode_msg(&Msg::Request { rid, op: Op::ListOnline }),
+        encode_msg(&Msg::Request { rid, op: Op::ListOnline { after: None } }),
         encode_msg(&Msg::Request { rid, op: signed }),
         encode_msg(&Msg::Request {
             rid,

@@ -144,7 +144,7 @@ impl World<Clients> {
             "signin" => Op::SignIn { name, auth: Auth::default() },
             "signout" => Op::SignOut { name, auth: Auth::default() },
             "lookup" => Op::Lookup { name },
-            _ => Op::ListOnline,
+            _ => Op::ListOnline { after: None },
         };
         c.cloud.request(&mut self.net, op);
     }

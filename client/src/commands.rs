@@ -21,6 +21,9 @@ use std::time::Duration;
 /// How long the prompt waits for a peer operation.
 pub const PEER_WAIT: Duration = Duration::from_secs(30);
 
+/// Most pages of online users `peers` asks for.
+pub const MAX_PAGES: usize = 1_000;
+
 /// Times a transport failure of `encrypt` is retried as a whole new request.
 pub const ENCRYPT_TRIES: u32 = 3;
 
@@ -43,6 +46,7 @@ pub const HELP: &str = "commands:
   more USER IMAGE VIEWS      ask USER for VIEWS more views of IMAGE
   shared            who holds which of your images, with the views last granted
   stats             request counters of this client
+  web               the address of your page (with --web ADDR)
   help              this text
   quit              sign out and leave";
 
@@ -224,6 +228,9 @@ impl Session {
                     s.started, s.answered, s.timed_out, s.resends, s.duplicate_replies, s.handled_twice
                 ))
             }
+            ["web"] => crate::web::user::url()
+                .map(|u| format!("web: {u}"))
+                .ok_or_else(|| "no page: start the client with --web ADDR".to_string()),
             ["quit"] | ["exit"] => {
                 self.sign_out();
                 lines.push("ok: signed out, bye".into());
@@ -522,17 +529,35 @@ impl Session {
     }
 
     fn peers(&mut self, lines: &mut Vec<String>) -> Result<String, String> {
-        match answer(Op::ListOnline, &mut self.cloud.lock())? {
-            Answer::Online(list) => {
-                for u in &list {
-                    let addr = u.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-                    let imgs = if u.images.is_empty() { "-".to_string() } else { u.images.join(", ") };
-                    lines.push(format!("  {:<16} {:<22} images: {imgs}", u.name, addr));
-                }
-                Ok(format!("{} online", list.len()))
-            }
-            other => Err(format!("unexpected answer {other:?}")),
+        let list = self.online_users()?;
+        for u in &list {
+            let addr = u.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+            let imgs = if u.images.is_empty() { "-".to_string() } else { u.images.join(", ") };
+            lines.push(format!("  {:<16} {:<22} images: {imgs}", u.name, addr));
         }
+        Ok(format!("{} online", list.len()))
+    }
+
+    /// Everyone online, by name: the cloud's pages one after the other (each starts after the
+    /// last name of the one before), until it says no more follow.
+    pub fn online_users(&mut self) -> Result<Vec<UserInfo>, String> {
+        let mut all: Vec<UserInfo> = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let after = all.last().map(|u| u.name.clone()).unwrap_or_default();
+            let (users, more) = match answer(Op::ListOnline { after: Some(after.clone()) }, &mut self.cloud.lock())? {
+                Answer::OnlinePage { users, more } => (users, more),
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            if users.first().is_some_and(|u| u.name <= after) || users.windows(2).any(|w| w[0].name >= w[1].name) {
+                return Err("the cloud's pages of online users are out of order".into());
+            }
+            let stop = !more || users.is_empty();
+            all.extend(users);
+            if stop {
+                return Ok(all);
+            }
+        }
+        Err(format!("more than {MAX_PAGES} pages of online users"))
     }
 
     fn encrypt(&mut self, path: &Path) -> Result<String, String> {

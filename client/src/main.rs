@@ -19,6 +19,12 @@ const OPTS: &[Opt] = &[
     Opt { name: "name", value: Some("NAME"), default: "", help: "your user name (required; registered on first run)" },
     Opt { name: "config", value: Some("FILE"), default: "cluster.json", help: "cluster configuration" },
     Opt { name: "data", value: Some("DIR"), default: "<data_dir>/client-NAME", help: "this client's data folder" },
+    Opt {
+        name: "web",
+        value: Some("ADDR"),
+        default: "",
+        help: "also serve your page on ADDR (e.g. 127.0.0.1:0, or a port)",
+    },
 ];
 
 const ABOUT: &str = "A client of the image cloud. Type `help` at the prompt for its commands.";
@@ -61,6 +67,16 @@ fn main() {
     println!("{}", session.greeting());
     let me = session.me.clone();
     let session = Arc::new(parking_lot::Mutex::new(session));
+    if let Some(addr) = args.get("web") {
+        // The user's page, on the same session as the prompt (see client::web::user).
+        match client::web::user::start(session.clone(), addr) {
+            Ok(url) => println!("web: {url}"),
+            Err(e) => {
+                session.lock().sign_out();
+                fail(&e)
+            }
+        }
+    }
     let _ = ctrlc::set_handler(move || {
         // The prompt may be waiting on the cloud: sign out from a socket of our own.
         let op = Op::SignOut { name: me.name.clone(), auth: Default::default() };

@@ -6,9 +6,11 @@
 //! of a transfer the prompt waits for is no line: it is redrawn on a terminal and cleared, see
 //! `progress`). On a terminal the prompt's line editor hands over a printer ([`use_printer`]):
 //! a notice then appears above the line being typed, which is drawn again below it. Also kept
-//! here: the terminal's size, as the prompt last measured it, for drawing pictures.
+//! here: the terminal's size, as the prompt last measured it, for drawing pictures, and the
+//! last [`KEPT`] notices, numbered, for the user's page ([`recent`]).
 
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::io::Write;
 
 /// The start of every line the client prints by itself.
@@ -23,6 +25,17 @@ static PRINTER: Mutex<Option<Printer>> = parking_lot::const_mutex(None);
 /// The terminal's columns and rows as last measured by the prompt (None: not a terminal).
 static SIZE: Mutex<Option<(u16, u16)>> = parking_lot::const_mutex(None);
 
+/// Notices kept in memory for the user's page.
+pub const KEPT: usize = 64;
+
+/// The last [`KEPT`] notices with their numbers (from 1), oldest first.
+static RECENT: Mutex<(u64, VecDeque<(u64, String)>)> = parking_lot::const_mutex((0, VecDeque::new()));
+
+/// The kept notices numbered after `after`, oldest first.
+pub fn recent(after: u64) -> Vec<(u64, String)> {
+    RECENT.lock().1.iter().filter(|(n, _)| *n > after).cloned().collect()
+}
+
 /// The lines of a notice: one per line of `text`, each with the [`PREFIX`].
 pub fn lines(text: &str) -> String {
     let mut out = String::new();
@@ -36,6 +49,15 @@ pub fn lines(text: &str) -> String {
 
 /// Prints `text` as a notice (each of its lines prefixed).
 pub fn notice(text: &str) {
+    {
+        let mut recent = RECENT.lock();
+        recent.0 += 1;
+        let n = recent.0;
+        recent.1.push_back((n, text.to_string()));
+        while recent.1.len() > KEPT {
+            recent.1.pop_front();
+        }
+    }
     let block = lines(text);
     let mut printer = PRINTER.lock();
     if let Some(print) = printer.as_mut() {
@@ -87,5 +109,19 @@ mod tests {
         set_size(Some((0, 30)));
         assert_ne!(size(), (0, 30));
         set_size(None);
+    }
+
+    #[test]
+    fn the_last_notices_are_kept_numbered() {
+        let before = recent(0).last().map(|(n, _)| *n).unwrap_or(0);
+        for i in 0..KEPT + 5 {
+            notice(&format!("kept {i}"));
+        }
+        let all = recent(0);
+        assert_eq!(all.len(), KEPT);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let last = all.last().cloned().unwrap();
+        assert!(last.0 > before && last.1 == format!("kept {}", KEPT + 4));
+        assert!(recent(last.0).is_empty());
     }
 }

@@ -35,43 +35,74 @@ pub struct ViewState {
 /// The error when the cloud cannot be asked for a view.
 pub const NEEDS_CLOUD: &str = "views are counted by the cloud, which is unreachable; try again when it is back";
 
-/// What one view produced.
-struct Shown {
-    image: Vec<u8>,
-    left: u32,
-    how: &'static str,
+/// What one view produced: the revealed image, in memory only.
+pub struct Shown {
+    /// The image's id.
+    pub image_id: String,
+    /// The hidden image's bytes.
+    pub image: Vec<u8>,
+    /// Views left.
+    pub left: u32,
+    /// How it was counted ("" by the cloud, or in an offline lease).
+    pub how: &'static str,
+}
+
+/// What a view attempt gave.
+pub enum Reveal {
+    /// The image, one view spent.
+    Image(Shown),
+    /// No views left: the copy, whose cover is all there is to show.
+    Cover(Received),
+}
+
+/// The error of a view with no views left.
+pub fn no_views_left(image_id: &str) -> String {
+    format!("no views left on {image_id}: only the cover is shown")
 }
 
 impl Session {
     /// One view of a received copy (the prompt's `view`).
     pub(crate) fn view(&mut self, what: &str, lines: &mut Vec<String>) -> Result<String, String> {
+        let shown = match self.reveal(what)? {
+            Reveal::Image(shown) => shown,
+            Reveal::Cover(copy) => {
+                self.draw_cover(&copy, lines);
+                return Err(no_views_left(&copy.rights.image_id));
+            }
+        };
+        self.show(&shown.image_id, &shown.image, lines)?;
+        let digest = crypto::sha256_hex(&shown.image);
+        let left = crate::usage::plural(shown.left, "view");
+        Ok(format!("{} revealed ({left} left{}); sha256 {digest}", shown.image_id, shown.how))
+    }
+
+    /// Spends one view of a received copy (from an offline lease, or a slot in the cloud) and
+    /// opens the hidden image in memory; with no views left, the copy (whose cover is all that
+    /// may be shown). Used by `view` and by the user's page.
+    pub fn reveal(&mut self, what: &str) -> Result<Reveal, String> {
         let copy = sharing::find_received(&self.store, what)?;
         // A damaged or modified copy is refused before a view is spent on it.
         let sealed = sharing::sealed_image(&self.store, &copy)?;
         let (owner, image_id) = (copy.rights.owner.clone(), copy.rights.image_id.clone());
         let mut leases = Leases::load(&self.store, wall_ms())?;
-        let shown = match leases.take(&owner, &image_id) {
+        let (image, left, how) = match leases.take(&owner, &image_id) {
             Some((key, left)) => {
                 // The lease is spent on disk before the image is shown.
                 leases.save(&self.store)?;
-                Shown { image: sharing::open_image(&copy, &key, &sealed)?, left, how: " in your offline lease" }
+                (sharing::open_image(&copy, &key, &sealed)?, left, " in your offline lease")
             }
             None => match self.cloud_view(&owner, &image_id, false)? {
                 (a, Some(key)) => {
                     let _ = sharing::show_views_left(&copy, a.left);
-                    Shown { image: sharing::open_image(&copy, &key, &sealed)?, left: a.left, how: "" }
+                    (sharing::open_image(&copy, &key, &sealed)?, a.left, "")
                 }
                 (a, None) => {
                     let _ = sharing::show_views_left(&copy, a.left);
-                    self.draw_cover(&copy, lines);
-                    return Err(format!("no views left on {image_id}: only the cover is shown"));
+                    return Ok(Reveal::Cover(copy));
                 }
             },
         };
-        self.show(&image_id, &shown.image, lines)?;
-        let digest = crypto::sha256_hex(&shown.image);
-        let left = crate::usage::plural(shown.left, "view");
-        Ok(format!("{image_id} revealed ({left} left{}); sha256 {digest}", shown.how))
+        Ok(Reveal::Image(Shown { image_id, image, left, how }))
     }
 
     /// Takes `n` views of a received copy for offline use (the prompt's `lease`).

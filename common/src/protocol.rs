@@ -173,8 +173,10 @@ pub struct Auth {
     pub tag: String,
 }
 
-/// An operation a client asks the cloud for.
+/// An operation a client asks the cloud for. On the wire, `ListOnline` without a cursor is the
+/// bare string `"ListOnline"` (as before paging), and that string still parses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub enum Op {
     /// Create a user; the answer carries its secret.
     Register { name: String },
@@ -184,8 +186,13 @@ pub enum Op {
     SignOut { name: String, auth: Auth },
     /// Look one user up.
     Lookup { name: String },
-    /// Online users with their address and images.
-    ListOnline,
+    /// Online users with their address and images, by name. `after`: a page of those whose
+    /// name comes after it (`""`: from the first), answered by [`Answer::OnlinePage`]; `None`:
+    /// the first [`MAX_LIST`] at most, answered by [`Answer::Online`] (the request before paging).
+    ListOnline {
+        #[serde(default)]
+        after: Option<String>,
+    },
     /// Replace the list of images the user shares.
     SetImages { name: String, auth: Auth, images: Vec<String> },
     /// Hide `owner`'s image of `len` bytes (sealed under the owner's own key) in a cover; the
@@ -222,6 +229,25 @@ pub enum Op {
     Views { viewer: String, auth: Auth, owner: String, image_id: String },
 }
 
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Op::ListOnline { after: None } => s.serialize_unit_variant("Op", 4, "ListOnline"),
+            op => Op::serialize(op, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Op, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if value.as_str() == Some("ListOnline") {
+            return Ok(Op::ListOnline { after: None });
+        }
+        Op::deserialize(value).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The `auth` field of the operations that act for a user (by reference or mutable reference,
 /// as `$op` is).
 macro_rules! auth_of {
@@ -238,7 +264,7 @@ macro_rules! auth_of {
             | Op::Grant { auth, .. }
             | Op::View { auth, .. }
             | Op::Views { auth, .. } => Some(auth),
-            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline { .. } | Op::Status => None,
         }
     };
 }
@@ -251,7 +277,7 @@ impl Op {
             Op::SignIn { .. } => "signin",
             Op::SignOut { .. } => "signout",
             Op::Lookup { .. } => "lookup",
-            Op::ListOnline => "list",
+            Op::ListOnline { .. } => "list",
             Op::SetImages { .. } => "set-images",
             Op::Encrypt { .. } => "encrypt",
             Op::Status => "status",
@@ -276,7 +302,7 @@ impl Op {
             Op::Encrypt { owner, .. } | Op::ShareKey { owner, .. } | Op::Grant { owner, .. } => Some(owner),
             Op::View { viewer, .. } | Op::Views { viewer, .. } => Some(viewer),
             Op::Relay { envelope, .. } => Some(&envelope.from),
-            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline | Op::Status => None,
+            Op::Register { .. } | Op::Lookup { .. } | Op::ListOnline { .. } | Op::Status => None,
         }
     }
 
@@ -403,8 +429,11 @@ pub enum Answer {
     SignedOut,
     /// One user.
     User(UserInfo),
-    /// Online users.
+    /// Online users (the answer to `ListOnline` without a cursor).
     Online(Vec<UserInfo>),
+    /// A page of online users, by name, after the request's cursor; `more`: others follow (ask
+    /// again with the last name as the cursor).
+    OnlinePage { users: Vec<UserInfo>, more: bool },
     /// Done, nothing to return.
     Done,
     /// The stego PNG (`len` bytes) follows by transfer `transfer`.
@@ -742,7 +771,8 @@ fn check_op(op: &Op) -> Result<(), WireError> {
             user(name)?;
             check_images(images)
         }
-        Op::ListOnline | Op::Status => Ok(()),
+        Op::ListOnline { after: Some(a) } if !a.is_empty() => user(a),
+        Op::ListOnline { .. } | Op::Status => Ok(()),
         Op::Encrypt { owner, .. } => user(owner),
         Op::ShareKey { owner, viewer, image_id, .. } => {
             user(owner)?;
@@ -885,7 +915,10 @@ mod tests {
         let reply = Reply { rid, server: 1, result: Err("x".into()) };
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let cases = [
-            (Msg::Prepare { rid, by: 1, round: 1, op: Op::ListOnline, reply_to: addr, first: true }, "Claim"),
+            (
+                Msg::Prepare { rid, by: 1, round: 1, op: Op::ListOnline { after: None }, reply_to: addr, first: true },
+                "Claim",
+            ),
             (
                 Msg::Promise {
                     rid,
@@ -926,7 +959,7 @@ mod tests {
                 rid: rid(),
                 by: 1,
                 round: 1,
-                op: Op::ListOnline,
+                op: Op::ListOnline { after: None },
                 reply_to: "127.0.0.1:9".parse().unwrap(),
                 first: true,
             },
@@ -980,5 +1013,28 @@ mod tests {
         let mut long = good.clone();
         long[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&long).is_err(), "length beyond the datagram");
+    }
+
+    #[test]
+    fn list_online_without_a_cursor_keeps_its_old_wire_form_and_a_cursor_is_checked() {
+        let rid = RequestId { client: 7, seq: 1 };
+        let old = Msg::Request { rid, op: Op::ListOnline { after: None } };
+        let json = String::from_utf8_lossy(&encode_msg(&old)[4..]).to_string();
+        assert_eq!(json, r#"{"Request":{"rid":{"client":7,"seq":1},"op":"ListOnline"}}"#);
+        for wire in [r#""ListOnline""#, r#"{"ListOnline":{}}"#, r#"{"ListOnline":{"after":null}}"#] {
+            let op: Op = serde_json::from_str(wire).unwrap();
+            assert_eq!(op, Op::ListOnline { after: None }, "{wire}");
+        }
+        let paged = Msg::Request { rid, op: Op::ListOnline { after: Some("bob".into()) } };
+        assert_eq!(decode(&encode_msg(&paged)), Ok(Frame::Ctl(paged)));
+        let first = Msg::Request { rid, op: Op::ListOnline { after: Some(String::new()) } };
+        assert_eq!(decode(&encode_msg(&first)), Ok(Frame::Ctl(first)));
+        let bad = Msg::Request { rid, op: Op::ListOnline { after: Some("no such name!".into()) } };
+        assert!(decode(&encode_msg(&bad)).is_err(), "a cursor is a user name");
+        for wire in [r#""ListOnlin""#, r#"{"ListOnline":{"after":5}}"#, r#"{"ListOnline":[]}"#, "7"] {
+            assert!(serde_json::from_str::<Op>(wire).is_err(), "{wire}");
+        }
+        let other = Op::Lookup { name: "alice".into() };
+        assert_eq!(serde_json::from_str::<Op>(&serde_json::to_string(&other).unwrap()).unwrap(), other);
     }
 }

@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn first_answer_wins_and_second_server_is_counted() {
         let mut r = Requester::new(1, 100, 1000);
-        let (rid, _) = r.start(0, Op::ListOnline);
+        let (rid, _) = r.start(0, Op::ListOnline { after: None });
         let reply = |server| Reply { rid, server, result: Ok(Answer::Done) };
         assert!(r.on_reply(reply(1)).is_some());
         assert!(r.on_reply(reply(1)).is_none());
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn resends_then_times_out() {
         let mut r = Requester::new(1, 100, 1000);
-        r.start(0, Op::ListOnline);
+        r.start(0, Op::ListOnline { after: None });
         assert_eq!(r.tick(50).0.len(), 0);
         assert_eq!(r.tick(100).0.len(), 1);
         let (_, t) = r.tick(1000);

@@ -89,7 +89,7 @@ pub fn execute(
             Some(r) => Outcome { result: Ok(Answer::User(UserInfo::from(r))), changed: vec![] },
             None => fail(format!("unknown user {name}")),
         },
-        Op::ListOnline => list_online(dir),
+        Op::ListOnline { after } => list_online(dir, after.as_deref()),
         Op::Encrypt { .. } | Op::Status | Op::Relay { .. } => {
             fail(format!("{} is not a directory operation", op.kind()))
         }
@@ -167,17 +167,27 @@ fn set_images(dir: &mut Directory, me: ServerId, name: &str, images: &[String]) 
 }
 
 /// The online users, as many as fit one answer.
-fn list_online(dir: &Directory) -> Outcome {
+/// The online users after `after` by name (all from the first without it), as many as fit
+/// one answer (at least one): a page and whether more follow. Without a cursor, the answer
+/// before paging (`Online`, the first page with nothing said about the rest).
+fn list_online(dir: &Directory, after: Option<&str>) -> Outcome {
     let mut list = Vec::new();
     let mut size = 0;
-    for u in dir.online() {
+    let mut more = false;
+    let from = after.unwrap_or_default();
+    for u in dir.online().skip_while(|u| u.name.as_str() <= from) {
         size += 64 + u.name.len() + u.images.iter().map(|i| i.len() + 3).sum::<usize>();
-        if size > ANSWER_BUDGET || list.len() >= MAX_LIST {
+        if !list.is_empty() && (size > ANSWER_BUDGET || list.len() >= MAX_LIST) {
+            more = true;
             break;
         }
         list.push(u);
     }
-    Outcome { result: Ok(Answer::Online(list)), changed: vec![] }
+    let answer = match after {
+        None => Answer::Online(list),
+        Some(_) => Answer::OnlinePage { users: list, more },
+    };
+    Outcome { result: Ok(answer), changed: vec![] }
 }
 
 /// The share key of `owner`'s `image_id` shared with `viewer` — made fresh at the first
@@ -440,7 +450,9 @@ mod tests {
         let s = run(&mut d, 1, rid, &ok, &mut keys);
         assert!(s.result.is_ok());
         assert_eq!(d.get("alice").unwrap().addr, Some(addr()));
-        let Ok(Answer::Online(list)) = execute(&mut d, 1, rid, &Op::ListOnline, addr(), &mut keys).result else {
+        let Ok(Answer::Online(list)) =
+            execute(&mut d, 1, rid, &Op::ListOnline { after: None }, addr(), &mut keys).result
+        else {
             panic!()
         };
         assert_eq!(list.len(), 1);
@@ -633,5 +645,51 @@ mod tests {
         let share = find_share(d.get("alice").unwrap(), "bob", "cat").unwrap().share_key().unwrap();
         assert_eq!(open("alice", &for_owner), share.to_vec(), "the same key as at the first approval");
         assert_eq!(open("bob", &for_viewer), views::rights_key(&share).to_vec());
+    }
+
+    #[test]
+    fn the_online_list_comes_in_pages_that_cover_everyone_once() {
+        let mut d = Directory::default();
+        for i in 0..1_000u64 {
+            d.apply(UserRecord {
+                name: format!("u{i:04}"),
+                user_id: i,
+                secret: "0".repeat(64),
+                addr: Some(addr()),
+                online: i % 7 != 3,
+                images: if i % 10 == 0 { vec!["x".repeat(60); 200] } else { vec![] },
+                version: common::protocol::Version { counter: 1, server: 1 },
+                created_by: RequestId { client: 1, seq: i },
+                inbox: vec![],
+                shares: vec![],
+            });
+        }
+        let online: Vec<String> = d.online().map(|u| u.name).collect();
+        let mut keys = KeyGen::from_seed(1);
+        let rid = RequestId { client: 9, seq: 1 };
+        let mut list = |after: Option<&str>, keys: &mut KeyGen| {
+            execute(&mut d, 1, rid, &Op::ListOnline { after: after.map(String::from) }, addr(), keys).result
+        };
+        let Ok(Answer::Online(old)) = list(None, &mut keys) else { panic!("no cursor: the old answer") };
+        assert!(old.len() < online.len() && old.len() <= MAX_LIST);
+        let (mut seen, mut after, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let Ok(Answer::OnlinePage { users, more }) = list(Some(&after), &mut keys) else { panic!() };
+            assert!(!users.is_empty() && users.len() <= MAX_LIST, "page {pages}: {}", users.len());
+            let bytes = serde_json::to_vec(&users).unwrap().len();
+            assert!(bytes <= ANSWER_BUDGET + 20_000, "page {pages}: {bytes} bytes");
+            seen.extend(users.into_iter().map(|u| u.name));
+            pages += 1;
+            if !more {
+                break;
+            }
+            after = seen.last().unwrap().clone();
+        }
+        assert_eq!(seen, online, "every online user once, in order, over {pages} pages");
+        assert!(pages > 4);
+        let Ok(Answer::OnlinePage { users, more }) = list(Some("u9999"), &mut keys) else { panic!() };
+        assert!(users.is_empty() && !more);
+        let Ok(Answer::OnlinePage { users, .. }) = list(Some("u0500"), &mut keys) else { panic!() };
+        assert_eq!(users[0].name, "u0501");
     }
 }

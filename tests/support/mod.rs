@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod web;
 
 use client::launch::{sibling_binary, Cluster};
 use common::config::ClusterConfig;
@@ -95,6 +96,11 @@ pub struct ClientProc {
 impl ClientProc {
     /// Starts `client --name NAME` against the cluster, with its data folder in the test folder.
     pub fn start(cluster: &Cluster, name: &str) -> ClientProc {
+        ClientProc::start_with(cluster, name, &[])
+    }
+
+    /// Starts `client --name NAME` with `extra` arguments (`--web ADDR`).
+    pub fn start_with(cluster: &Cluster, name: &str, extra: &[&str]) -> ClientProc {
         ensure_built();
         let bin = sibling_binary("client").expect("client binary");
         let mut child = Command::new(bin)
@@ -102,6 +108,7 @@ impl ClientProc {
             .arg(&cluster.config_path)
             .arg("--data")
             .arg(cluster.dir.join(format!("client-{name}")))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -189,6 +196,13 @@ impl ClientProc {
         self.stdin.take();
     }
 
+    /// Runs one command that must succeed; its `ok:` line.
+    pub fn ok(&mut self, cmd: &str) -> String {
+        let line = self.run(cmd);
+        assert!(line.starts_with("ok:"), "{cmd}: {line}; saw {:?}", self.seen);
+        line
+    }
+
     /// Closes stdin (the client signs out and exits) and waits.
     pub fn finish(mut self) {
         self.stdin.take();
@@ -243,9 +257,7 @@ pub fn encrypt_op(owner: &str, len: usize) -> common::protocol::Op {
 
 /// Runs `cmd`, which must end with an `ok:` line; returns it.
 pub fn ok(c: &mut ClientProc, cmd: &str) -> String {
-    let line = c.run(cmd);
-    assert!(line.starts_with("ok:"), "{cmd:?} -> {line}; saw {:?}", c.seen);
-    line
+    c.ok(cmd)
 }
 
 /// Waits (20 s at most) until a `notice:` line containing `what` shows up; `stats`, a harmless

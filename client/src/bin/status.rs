@@ -87,10 +87,7 @@ fn main() {
 
 /// `--web ADDR`: the dashboard on ADDR (a bare port is on 127.0.0.1), until killed.
 fn web(cfg: &ClusterConfig, cfg_path: &str, addr: &str, run: Option<RunDir>, every: Duration, wait: Duration) -> ! {
-    let addr: SocketAddr = match addr.parse::<u16>() {
-        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-        Err(_) => addr.parse().unwrap_or_else(|_| fail(&format!("--web {addr}: not an address (IP:PORT) or a port"))),
-    };
+    let addr: SocketAddr = client::web::server::parse_addr(addr).unwrap_or_else(|e| fail(&e));
     let server = WebServer::bind(addr, Limits::default()).unwrap_or_else(|e| {
         eprintln!("status: {e}");
         std::process::exit(1)

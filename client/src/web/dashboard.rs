@@ -26,9 +26,6 @@ pub const WINDOW: usize = 60;
 /// The page: HTML with inline CSS and JavaScript, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("dashboard.html");
 
-/// Where the page's first state goes (so it shows the cluster before its first poll).
-const INITIAL: &str = "/*INITIAL*/null";
-
 /// One second of one server's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Second {
@@ -266,15 +263,7 @@ impl Dashboard {
     }
 
     fn page(&self) -> Response {
-        // The first state rides in the page; `<` is escaped so no text can close the script.
-        let json = serde_json::to_string(&self.view()).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c");
-        Response::new(200, "text/html; charset=utf-8", PAGE.replace(INITIAL, &json))
-            .with(
-                "Content-Security-Policy",
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
-                 img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            )
-            .with("X-Frame-Options", "DENY")
+        super::server::html_page(PAGE, &self.view(), "data:")
     }
 
     fn op(&self, body: &[u8]) -> Response {
@@ -312,6 +301,7 @@ impl Dashboard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::server::INITIAL;
     use common::config::ServerEntry;
     use common::protocol::PeerView;
 

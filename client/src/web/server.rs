@@ -21,6 +21,33 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What answers requests that carry the token.
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
+/// Where a page's first state goes (so it shows something before its first poll).
+pub const INITIAL: &str = "/*INITIAL*/null";
+
+/// An HTML page (`template`, everything inline) with its first state in it at [`INITIAL`] (`<`
+/// escaped, so no text in the state can close the script), under a strict content security
+/// policy: nothing from elsewhere, scripts and styles inline only, images from `img_src`.
+pub fn html_page(template: &str, state: &impl serde::Serialize, img_src: &str) -> Response {
+    let json = serde_json::to_string(state).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c");
+    Response::new(200, "text/html; charset=utf-8", template.replace(INITIAL, &json))
+        .with(
+            "Content-Security-Policy",
+            format!(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 img-src {img_src}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            ),
+        )
+        .with("X-Frame-Options", "DENY")
+}
+
+/// Parses `--web ADDR`: an address, or a bare port (on 127.0.0.1).
+pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
+    match addr.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => addr.parse().map_err(|_| format!("--web {addr}: not an address (IP:PORT) or a port")),
+    }
+}
+
 /// A fresh token: 128 random bits in hex.
 pub fn new_token() -> String {
     common::crypto::to_hex(&common::crypto::random_key()[..16])

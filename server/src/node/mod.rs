@@ -718,7 +718,9 @@ impl Node {
 /// True for replies small enough to share a batch (not the lists a read may return).
 fn small(reply: &Reply) -> bool {
     match &reply.result {
-        Ok(Answer::User(_) | Answer::Online(_) | Answer::Status(_) | Answer::Inbox(_)) => false,
+        Ok(Answer::User(_) | Answer::Online(_) | Answer::OnlinePage { .. } | Answer::Status(_) | Answer::Inbox(_)) => {
+            false
+        }
         Ok(_) => true,
         Err(e) => e.len() <= 1024,
     }
