@@ -61,7 +61,7 @@ fn sharing_story(permille: u32) -> Result<Vec<String>, String> {
         }
         let t = Instant::now();
         let g = step(&mut log, "gallery", t, bob.try_run("gallery alice", BIG))?;
-        if !g.contains("1 images") || !bob.seen.iter().any(|l| l.contains("photo")) {
+        if !g.contains("1 image in") || !bob.seen.iter().any(|l| l.contains("photo")) {
             return Err(format!("gallery without the photo: {g}; {:?}", bob.tail(5)));
         }
         let t = Instant::now();

@@ -34,7 +34,7 @@ fn share_view_grant_offline_restart_revoke() {
 
     ok(&mut alice, "encrypt images/sample-10k.jpg");
     let g = ok(&mut bob, "gallery alice");
-    assert!(g.contains("1 images"), "{g}");
+    assert!(g.contains("1 image in"), "{g}");
     assert!(bob.seen.iter().any(|l| l.contains("sample-10k")), "{:?}", bob.seen);
     ok(&mut bob, "request alice sample-10k 2");
     notice(&mut alice, "bob asks for");

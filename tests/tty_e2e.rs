@@ -71,7 +71,7 @@ fn piped_prompt_prints_no_prompt_no_escapes_and_keeps_no_history() {
     assert!(alice.run("encrypt images/sample-10k.jpg").starts_with("ok:"), "{:?}", alice.seen);
     let mut bob = signed_in(&c, "bob");
     let g = bob.run("gallery alice");
-    assert!(g.starts_with("ok: 1 images"), "{g}");
+    assert!(g.starts_with("ok: 1 image in"), "{g}");
     // The caption: the image's pixel size and file size (10 435 bytes), not the preview's.
     let caption = bob.seen.iter().find(|l| l.trim_start().starts_with("sample-10k")).expect("caption");
     assert!(caption.contains('×') && caption.ends_with(", 10 KB"), "{caption}");

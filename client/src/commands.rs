@@ -292,7 +292,7 @@ impl Session {
         } else {
             lines.extend(tiles.iter().map(|t| format!("  {}", t.caption.join("  "))));
         }
-        Ok(format!("{} images in {user}'s gallery", items.len()))
+        Ok(format!("{} in {user}'s gallery", crate::usage::plural(items.len(), "image")))
     }
 
     fn send_peer(&mut self, user: &str, body: PeerBody) -> Result<String, String> {

@@ -36,6 +36,19 @@ pub struct Row {
     pub key_mismatch: Vec<String>,
 }
 
+impl Row {
+    /// The online users as the tables show them: `-` when down, `(none)`, or the names.
+    pub fn online_text(&self) -> String {
+        if !self.up {
+            "-".to_string()
+        } else if self.online.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.online.join(", ")
+        }
+    }
+}
+
 /// The rows of every configured server, from the answers received (a missing answer is down).
 pub fn rows(cfg: &ClusterConfig, answers: &HashMap<ServerId, ServerStatus>) -> Vec<Row> {
     // The next winner: what most answering servers name (they rank by the same announcements).
@@ -104,13 +117,7 @@ pub fn render(rows: &[Row]) -> String {
         "users"
     );
     for r in rows {
-        let online = if !r.up {
-            "-".to_string()
-        } else if r.online.is_empty() {
-            "(none)".to_string()
-        } else {
-            r.online.join(", ")
-        };
+        let online = r.online_text();
         let next = if r.tied {
             "<- tie"
         } else if r.next_winner {

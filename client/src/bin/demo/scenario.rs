@@ -401,13 +401,15 @@ impl Demo {
         )?;
         let (line, out) = self.ok("bob", "gallery alice")?;
         let listed = out.iter().find(|l| l.trim_start().starts_with(id));
-        expect(line.contains("1 images in alice's gallery") && listed.is_some(), &format!("1 image, {id}"), &line)?;
-        // bob's client draws it only on a terminal, and the demo reads its output: draw the
-        // preview alice's client keeps (and sent), checked to be as long as what bob got.
+        expect(line.contains("1 image in alice's gallery") && listed.is_some(), &format!("1 image, {id}"), &line)?;
+        // bob's client draws it only on a terminal, and the demo reads its output: the caption
+        // must give the photo's own size, and the demo draws the preview alice's client keeps.
         let kept = self.cluster.dir.join("client-alice").join("previews").join(format!("{id}.png"));
         let preview = std::fs::read(&kept).map_err(|e| format!("cannot read {}: {e}", kept.display()))?;
-        let sent = format!("({} byte preview)", preview.len());
-        expect(listed.is_some_and(|l| l.contains(&sent)), &format!("bob got the {sent} alice keeps"), &line)?;
+        let size = common::stego::decode_image(&self.original).map(|i| format!("{}×{}", i.width(), i.height()));
+        let size = size.map_err(|e| format!("alice's photo does not decode: {e}"))?;
+        let captioned = listed.is_some_and(|l| l.contains(&size));
+        expect(captioned, &format!("the caption gives the photo's size, {size}"), &format!("{listed:?}"))?;
         self.draw("the preview bob received", &preview);
         self.pass(&format!("bob sees the preview of {id}, sent by alice's client"))
     }

@@ -19,13 +19,7 @@ pub fn lines(rows: &[Row]) -> Vec<String> {
         } else {
             ""
         };
-        let online = if !r.up {
-            "-".to_string()
-        } else if r.online.is_empty() {
-            "(none)".to_string()
-        } else {
-            r.online.join(", ")
-        };
+        let online = r.online_text();
         out.push(format!(
             "{:<6} {:<5} {:>4}  {next:<7} {:>4} {:>5}  {online}",
             r.id,
