@@ -44,6 +44,17 @@ fn copy_folder(from: &Path, to: &Path) {
     assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }
 
+/// bob's data folder replaced by `backup`, a new bob process, one `view`: what it answered.
+fn view_with_old_files(c: &Cluster, backup: &Path) -> String {
+    let folder = c.dir.join("client-bob");
+    std::fs::remove_dir_all(&folder).expect("remove");
+    copy_folder(backup, &folder);
+    let mut bob = started(c, "bob");
+    let line = bob.run(&format!("view {IMAGE}"));
+    bob.finish();
+    line
+}
+
 /// bob's secret, from his identity file.
 fn secret_of(c: &Cluster, name: &str) -> Vec<u8> {
     let id: serde_json::Value =
@@ -86,14 +97,10 @@ fn a_folder_copied_back_buys_no_view() {
     bob.finish();
 
     // bob puts his old folder back: his copy says 1 view left, the cloud knows better.
-    std::fs::remove_dir_all(&folder).expect("remove");
-    copy_folder(&backup, &folder);
-    let mut bob = started(&c, "bob");
-    let line = bob.run(&format!("view {IMAGE}"));
+    let line = view_with_old_files(&c, &backup);
     assert!(line.starts_with("error: no views left"), "the replay bought a view: {line}");
     println!("after the folder was copied back: {line}");
     assert_eq!(cloud_left(&c), 0);
-    bob.finish();
     alice.finish();
 }
 
@@ -116,12 +123,8 @@ fn a_revoke_sent_while_the_viewer_is_offline_holds_against_his_old_files() {
     notice(&mut bob, &format!("alice revoked {IMAGE}"));
     bob.finish();
     // He puts his old files back: the copy, its rights (2 views left) and its keys.
-    std::fs::remove_dir_all(&folder).expect("remove");
-    copy_folder(&backup, &folder);
-    let mut bob = started(&c, "bob");
-    let line = bob.run(&format!("view {IMAGE}"));
+    let line = view_with_old_files(&c, &backup);
     assert!(line.starts_with("error: no views left"), "viewed after the revoke: {line}");
-    bob.finish();
 
     // A new grant gives views again, counted from the cloud's window.
     ok(&mut alice, &format!("grant bob {IMAGE} 1"));
